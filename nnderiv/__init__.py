@@ -1,0 +1,82 @@
+"""nnderiv: a dense network's outputs and their input derivatives of any order, with pullbacks.
+
+>>> import numpy as np, nnderiv as nd
+>>> model = nd.MLP([2, 16, 1], activation="tanh", seed=0)
+>>> D = nd.derivatives(model, np.zeros((4, 2)), order=3)
+>>> D.hessian.shape
+(4, 1, 2, 2)
+"""
+
+from ._validation import MAX_ORDER
+from .activations import ACTIVATIONS, get_activation
+from .config import get_memory_limit, memory_limit, set_memory_limit
+from .derivatives import Derivatives, derivatives, hessian, jacobian, value, vjp
+from .errors import (
+    ArchitectureError,
+    BackendError,
+    DTypeError,
+    FileFormatError,
+    MemoryLimitError,
+    NnderivError,
+    NnderivWarning,
+    NonFiniteError,
+    OrderError,
+    ShapeError,
+    UnknownActivationError,
+)
+from .layers import (
+    ELU,
+    GELU,
+    MLP,
+    Activation,
+    Cos,
+    Dense,
+    ReLU,
+    Sequential,
+    SiLU,
+    Sigmoid,
+    Sin,
+    Softplus,
+    Tanh,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS",
+    "MAX_ORDER",
+    "MLP",
+    "Activation",
+    "ArchitectureError",
+    "BackendError",
+    "Cos",
+    "DTypeError",
+    "Dense",
+    "Derivatives",
+    "ELU",
+    "FileFormatError",
+    "GELU",
+    "MemoryLimitError",
+    "NnderivError",
+    "NnderivWarning",
+    "NonFiniteError",
+    "OrderError",
+    "ReLU",
+    "Sequential",
+    "ShapeError",
+    "SiLU",
+    "Sigmoid",
+    "Sin",
+    "Softplus",
+    "Tanh",
+    "UnknownActivationError",
+    "derivatives",
+    "get_activation",
+    "get_memory_limit",
+    "hessian",
+    "jacobian",
+    "memory_limit",
+    "set_memory_limit",
+    "value",
+    "vjp",
+]

@@ -1,0 +1,252 @@
+"""Input derivatives of a model in full mode, and their pullbacks to the parameters.
+
+``derivatives`` is the one computation; ``value``, ``jacobian`` and ``hessian`` are views of it,
+and :func:`vjp` turns any of them into ``(output, pullback)``. Arrays put the batch first, then the
+output, then the input axes: ``jacobian (N, m, d)``, ``hessian (N, m, d, d)``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from . import _validation as check
+from . import engine
+from .combinatorics import MultiIndexTable
+from .errors import NnderivError, NnderivWarning, OrderError, ShapeError
+from .modes.full import FullMode
+
+
+class Derivatives:
+    """All partial derivatives of a model's outputs up to ``order``, at ``N`` points.
+
+    Stored once per symmetric multi-index as Taylor coefficients (see :mod:`nnderiv.modes.full`);
+    the properties expand them.
+
+    >>> import nnderiv as nd
+    >>> model = nd.MLP([2, 8, 1], activation="tanh", seed=0)
+    >>> D = nd.derivatives(model, np.zeros((3, 2)), order=3)
+    >>> D.value.shape, D.jacobian.shape, D.hessian.shape, D.tensor(3).shape, D.partial((0, 0, 1)).shape
+    ((3, 1), (3, 1, 2), (3, 1, 2, 2), (3, 1, 2, 2, 2), (3, 1))
+    """
+
+    def __init__(self, coefficients: np.ndarray, table: MultiIndexTable):
+        self.coefficients = coefficients  # (n_coef, N, m) Taylor coefficients
+        self.table = table
+
+    @property
+    def order(self) -> int:
+        return self.table.order
+
+    @property
+    def n_inputs(self) -> int:
+        return self.table.d
+
+    @property
+    def value(self) -> np.ndarray:
+        """``f(x)``, shape ``(N, m)``."""
+        return self.coefficients[0].copy()
+
+    @property
+    def jacobian(self) -> np.ndarray:
+        """``J[n, i, j] = d f_i / d x_j``, shape ``(N, m, d)``."""
+        return self.tensor(1)
+
+    @property
+    def hessian(self) -> np.ndarray:
+        """``H[n, i, j, k] = d^2 f_i / d x_j d x_k``, shape ``(N, m, d, d)``."""
+        return self.tensor(2)
+
+    def tensor(self, k: int) -> np.ndarray:
+        """The symmetric tensor of all ``k``-th partials, shape ``(N, m) + (d,) * k``."""
+        k = self._check_order(k)
+        rows, factors = self.table.tensor_layout(k)
+        entries = self.coefficients[rows] * factors.astype(self.coefficients.dtype)[..., None, None]
+        return np.moveaxis(entries, (-2, -1), (0, 1))
+
+    def partial(self, indices=(), *, multi_index=None) -> np.ndarray:
+        """One partial derivative, shape ``(N, m)``.
+
+        ``partial((0, 0, 1))`` is ``d^3 f / dx_0^2 dx_1`` (the inputs to differentiate by, in any
+        order); ``partial(multi_index=(2, 1))`` is the same, given as counts per input.
+        """
+        if multi_index is None:
+            indices = tuple(int(i) for i in indices)
+            if any(not 0 <= i < self.n_inputs for i in indices):
+                raise ShapeError(f"input indices must be in [0, {self.n_inputs}), got {indices}")
+            multi_index = np.bincount(np.array(indices, dtype=np.intp), minlength=self.n_inputs)
+        alpha = tuple(int(a) for a in multi_index)
+        if len(alpha) != self.n_inputs or min(alpha) < 0:
+            raise ShapeError(f"multi_index must be {self.n_inputs} non-negative counts, got {alpha}")
+        self._check_order(sum(alpha))
+        row = self.table.position[alpha]
+        return self.coefficients[row] * self.coefficients.dtype.type(self.table.factorials[row])
+
+    def _check_order(self, k) -> int:
+        k = check.order(k, "k")
+        if k > self.order:
+            raise OrderError(f"derivatives of order {k} were not computed; call derivatives(..., order={k})")
+        return k
+
+    def __repr__(self):
+        n, m = self.coefficients.shape[1:]
+        return f"Derivatives(order={self.order}, N={n}, m={m}, d={self.n_inputs})"
+
+
+def _warn_if_nonsmooth(model, order: int) -> None:
+    rough = sorted({layer.activation.name for layer in model.layers if hasattr(layer, "activation") and not layer.activation.smooth})
+    if order >= 2 and rough:
+        warnings.warn(
+            f"derivatives of order >= 2 through {', '.join(rough)} are zero almost everywhere: "
+            "they carry no information, and a loss on them cannot train the network; use a smooth "
+            "activation (softplus, tanh, gelu, silu) for derivative losses",
+            NnderivWarning,
+            stacklevel=3,
+        )
+
+
+def derivatives(model, x, order: int = 2, *, chunk_size: int | None = None) -> Derivatives:
+    """Every partial derivative of ``model`` at ``x`` up to ``order``, mixed ones included.
+
+    One forward sweep of stacked Taylor coefficients (``C(d + order, order)`` rows): see
+    :mod:`nnderiv.modes.full`. ``x`` has shape ``(N, d)``.
+
+    >>> import nnderiv as nd
+    >>> model = nd.MLP([1, 1], activation="tanh", seed=0)   # f(x) = w x + b: second derivative 0
+    >>> float(nd.derivatives(model, np.ones((1, 1)), order=2).hessian[0, 0, 0, 0])
+    0.0
+    """
+    order = check.order(order)
+    x = check.points(x, model)
+    _warn_if_nonsmooth(model, order)
+    mode = FullMode(model.n_inputs, order)
+    return Derivatives(engine.evaluate(model, mode, x, chunk_size), mode.table)
+
+
+def value(model, x, *, chunk_size: int | None = None) -> np.ndarray:
+    """``model(x)``: shape ``(N, m)``."""
+    return derivatives(model, x, order=0, chunk_size=chunk_size).coefficients[0]
+
+
+def jacobian(model, x, *, chunk_size: int | None = None) -> np.ndarray:
+    """``d f_i / d x_j`` at every point: shape ``(N, m, d)``.
+
+    >>> import nnderiv as nd
+    >>> nd.jacobian(nd.MLP([3, 4, 2], seed=0), np.zeros((5, 3))).shape
+    (5, 2, 3)
+    """
+    return derivatives(model, x, order=1, chunk_size=chunk_size).jacobian
+
+
+def hessian(model, x, *, chunk_size: int | None = None) -> np.ndarray:
+    """``d^2 f_i / d x_j d x_k`` at every point: shape ``(N, m, d, d)``.
+
+    >>> import nnderiv as nd
+    >>> H = nd.hessian(nd.MLP([3, 4, 2], seed=0), np.ones((5, 3)))
+    >>> H.shape, bool(np.allclose(H, H.transpose(0, 1, 3, 2)))
+    ((5, 2, 3, 3), True)
+    """
+    return derivatives(model, x, order=2, chunk_size=chunk_size).hessian
+
+
+# --------------------------------------------------------------------------------------------
+# pullbacks
+
+
+_TENSOR_NAMES = {"value": 0, "jacobian": 1, "hessian": 2}
+
+
+def _cotangent_orders(cotangent) -> dict[int, np.ndarray]:
+    """``{k: cotangent of tensor(k)}`` from a dict (orders or names) or a :class:`Derivatives`."""
+    if isinstance(cotangent, Derivatives):
+        return {k: cotangent.tensor(k) for k in range(cotangent.order + 1)}
+    if not isinstance(cotangent, Mapping):
+        raise NnderivError(
+            "the cotangent of derivatives() must be a dict {order or 'value'/'jacobian'/'hessian': "
+            f"array}} or a Derivatives, got {type(cotangent).__name__}"
+        )
+    orders = {}
+    for key, array in cotangent.items():
+        k = _TENSOR_NAMES.get(key, key)
+        if k in orders:
+            raise NnderivError(f"the cotangent names order {k} twice")
+        orders[check.order(k, f"cotangent key {key!r}")] = array
+    return orders
+
+
+def _stack_cotangent(orders: dict, table: MultiIndexTable, n: int, m: int, dtype) -> np.ndarray:
+    """The stack cotangent ``(n_coef, N, m)`` of the tensors' cotangents (adjoint of ``tensor``)."""
+    out_bar = np.zeros((table.n_coef, n, m), dtype=dtype)
+    for k, cot in orders.items():
+        if k > table.order:
+            raise OrderError(f"cotangent of order {k} given, but only orders <= {table.order} were computed")
+        shape = (n, m) + (table.d,) * k
+        cot = check.real_array(cot, f"cotangent of order {k}", dtype)
+        check.same_shape(cot, shape, f"cotangent of order {k}")
+        rows, factors = table.tensor_layout(k)
+        weighted = np.moveaxis(cot.reshape(n, m, -1), 2, 0) * factors.reshape(-1, 1, 1).astype(dtype)
+        np.add.at(out_bar, rows.ravel(), weighted)
+    return out_bar
+
+
+def _full_mode_rule(order: int, view: Callable, as_orders: Callable):
+    """A vjp rule for a view of full-mode derivatives: ``view(D)`` is the output."""
+
+    def rule(model, x, chunk_size=None):
+        _warn_if_nonsmooth(model, order)
+        mode = FullMode(model.n_inputs, order, for_vjp=True)
+        out_stack, stack_pullback = engine.evaluate_with_pullback(model, mode, x, chunk_size)
+
+        def pullback(cotangent):
+            out_bar = _stack_cotangent(as_orders(cotangent), mode.table, *out_stack.shape[1:], model.dtype)
+            return stack_pullback(out_bar)
+
+        return view(Derivatives(out_stack, mode.table)), pullback
+
+    return rule
+
+
+def _derivatives_rule(model, x, order: int = 2, chunk_size=None):
+    return _full_mode_rule(check.order(order), lambda D: D, _cotangent_orders)(model, x, chunk_size)
+
+
+VJP_RULES: dict[Callable, Callable] = {
+    derivatives: _derivatives_rule,
+    value: _full_mode_rule(0, lambda D: D.coefficients[0], lambda c: {0: c}),
+    jacobian: _full_mode_rule(1, lambda D: D.jacobian, lambda c: {1: c}),
+    hessian: _full_mode_rule(2, lambda D: D.hessian, lambda c: {2: c}),
+}
+
+
+def vjp(fn, model, x, *, wrt: str = "params", **kwargs):
+    """``(fn(model, x, **kwargs), pullback)``: reverse-mode derivative, written by hand.
+
+    ``pullback(cotangent)`` returns, for ``wrt="params"``, ``{param name: gradient}`` with the
+    shapes of ``model.params``; for ``wrt="x"`` the gradient with respect to ``x`` ``(N, d)``; for
+    ``wrt="both"`` the pair. The cotangent has the shape of the output; for ``derivatives`` it is a
+    dict ``{order or "value"/"jacobian"/"hessian": array}`` (missing orders count as zero).
+    ``fn`` is one of ``nd.value`` (or the model itself), ``nd.jacobian``, ``nd.hessian``,
+    ``nd.derivatives``, or any function registered in ``VJP_RULES``.
+
+    >>> import nnderiv as nd
+    >>> model = nd.MLP([2, 8, 1], seed=0)
+    >>> out, pullback = nd.vjp(nd.hessian, model, np.ones((4, 2)))
+    >>> grads = pullback(np.ones_like(out))
+    >>> {name: g.shape for name, g in grads.items()}
+    {'0.W': (2, 8), '0.b': (8,), '2.W': (8, 1), '2.b': (1,)}
+    """
+    rule = VJP_RULES.get(value if fn is model else fn)
+    if rule is None:
+        known = ", ".join(f"nd.{f.__name__}" for f in VJP_RULES)
+        raise NnderivError(f"no pullback rule for {fn!r}; vjp supports {known} and the model itself")
+    if wrt not in ("params", "x", "both"):
+        raise NnderivError(f"wrt must be 'params', 'x' or 'both', got {wrt!r}")
+    out, stack_pullback = rule(model, check.points(x, model), **kwargs)
+
+    def pullback(cotangent):
+        grads, x_bar = stack_pullback(cotangent)
+        return {"params": grads, "x": x_bar, "both": (grads, x_bar)}[wrt]
+
+    return out, pullback

@@ -1,0 +1,97 @@
+"""Running a model in a mode: seeding, the forward sweep, the pullback sweep, chunks and the memory guard.
+
+Points are processed in chunks of rows of ``x`` (a loop over chunks, never over points). The
+working set is estimated before anything is allocated; a request over the limit of
+:func:`nnderiv.get_memory_limit` raises :class:`~nnderiv.errors.MemoryLimitError` naming the estimate
+and a ``chunk_size`` that fits. With a ``chunk_size``, a pullback recomputes each chunk's forward
+sweep instead of keeping every chunk's intermediates, so memory stays bounded by one chunk.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _validation as check
+from .config import get_memory_limit
+from .errors import MemoryLimitError
+
+
+def _layer_widths(model):
+    """``(layer, width of its input)`` for every layer of a Sequential model."""
+    width = model.n_inputs
+    for layer in model.layers:
+        yield layer, width
+        width = getattr(layer, "n_out", width)
+
+
+def bytes_per_point(model, mode) -> int:
+    """Estimated peak bytes per point of one sweep of ``model`` in ``mode`` (pullback included if
+    ``mode.for_vjp``): the live stacks of the widest step, plus every intermediate kept for the pullback."""
+    peak = kept = 0
+    for layer, width in _layer_widths(model):
+        if hasattr(layer, "activation"):
+            peak = max(peak, mode.elementwise_rows() * width)
+            kept += mode.elementwise_saved_rows() * width if mode.for_vjp else 0
+        else:
+            peak = max(peak, mode.n_rows * (width + layer.n_out))
+            kept += mode.n_rows * width if mode.for_vjp else 0
+    return (peak + kept) * model.dtype.itemsize
+
+
+def chunk_size_for(model, mode, n_points: int, chunk_size) -> int:
+    """Validate ``chunk_size`` against the memory limit, or pick ``n_points`` when all of it fits."""
+    per_point, limit = bytes_per_point(model, mode), get_memory_limit()
+    if chunk_size is None:
+        if per_point * n_points > limit:
+            raise MemoryLimitError(
+                f"this request needs about {per_point * n_points / 2**20:.1f} MiB "
+                f"({per_point} bytes per point x {n_points} points), over the memory limit of "
+                f"{limit / 2**20:.1f} MiB; pass chunk_size={max(1, limit // per_point)} (or smaller) "
+                "to process the points in chunks, or raise the limit with nd.set_memory_limit()"
+            )
+        return max(n_points, 1)
+    chunk_size = check.positive_int(chunk_size, "chunk_size")
+    if per_point * chunk_size > limit:
+        raise MemoryLimitError(
+            f"chunk_size={chunk_size} needs about {per_point * chunk_size / 2**20:.1f} MiB, over the "
+            f"memory limit of {limit / 2**20:.1f} MiB; use chunk_size <= {max(1, limit // per_point)}"
+        )
+    return chunk_size
+
+
+def _chunks(n_points: int, size: int):
+    return [slice(start, min(start + size, n_points)) for start in range(0, max(n_points, 1), size)]
+
+
+def evaluate(model, mode, x: np.ndarray, chunk_size=None) -> np.ndarray:
+    """The output stack ``(mode.n_rows, N, n_outputs)`` of ``model`` at the points ``x``."""
+    size = chunk_size_for(model, mode, len(x), chunk_size)
+    outs = [model.forward(mode, mode.seed(x[part]))[0] for part in _chunks(len(x), size)]
+    return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
+
+
+def evaluate_with_pullback(model, mode, x: np.ndarray, chunk_size=None):
+    """Output stack and ``pullback(out_bar) -> (param grads, x_bar)``; ``mode.for_vjp`` must be set."""
+    size = chunk_size_for(model, mode, len(x), chunk_size)
+    parts = _chunks(len(x), size)
+    if len(parts) == 1:
+        out, saved = model.forward(mode, mode.seed(x))
+
+        def pullback(out_bar):
+            stack_bar, grads = model.backward(mode, saved, out_bar)
+            return grads, mode.seed_vjp(stack_bar)
+
+        return out, pullback
+
+    out = np.concatenate([model.forward(mode, mode.seed(x[part]))[0] for part in parts], axis=1)
+
+    def chunked_pullback(out_bar):
+        total, x_bars = None, []
+        for part in parts:  # recompute each chunk's sweep: memory stays bounded by one chunk
+            _, saved = model.forward(mode, mode.seed(x[part]))
+            stack_bar, grads = model.backward(mode, saved, out_bar[:, part])
+            total = grads if total is None else {k: total[k] + g for k, g in grads.items()}
+            x_bars.append(mode.seed_vjp(stack_bar))
+        return total, np.concatenate(x_bars, axis=0)
+
+    return out, chunked_pullback
