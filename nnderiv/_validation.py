@@ -26,7 +26,7 @@ def float_dtype(dtype) -> np.dtype:
         resolved = np.dtype(dtype)
     except TypeError:
         resolved = None
-    if resolved not in SUPPORTED_DTYPES:
+    if dtype is None or resolved is None or resolved not in SUPPORTED_DTYPES:
         raise DTypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     return resolved
 
