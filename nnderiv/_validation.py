@@ -8,8 +8,8 @@ import numpy as np
 
 from .errors import DTypeError, NonFiniteError, OrderError, ShapeError
 
-#: Largest derivative order accepted. Beyond it the closed-form activation derivatives (integer
-#: polynomial coefficients past 1e30) lose float64 accuracy, and the combinatorial tables explode.
+#: Largest derivative order accepted: a guard against requests that are almost surely mistakes
+#: (tables grow as C(d + K, K), and order-K derivatives of a network grow like K!).
 MAX_ORDER = 24
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))

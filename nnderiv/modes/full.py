@@ -42,9 +42,10 @@ from . import StackMode
 
 def taylor_coefficients(activation, z: np.ndarray, order: int) -> np.ndarray:
     """``a_j = g^(j)(z) / j!`` for ``j = 0..order``: shape ``(order + 1, *z.shape)``."""
-    derivs = activation.derivatives(z, order)
-    inv_factorials = np.array([1.0 / factorial(j) for j in range(order + 1)], dtype=z.dtype)
-    return derivs * inv_factorials.reshape(-1, *([1] * z.ndim))
+    coefs = activation.derivatives(z, order)
+    for j in range(2, order + 1):
+        coefs[j] *= 1.0 / factorial(j)
+    return coefs
 
 
 class FullMode(StackMode):
