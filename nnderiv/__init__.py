@@ -7,6 +7,7 @@
 (4, 1, 2, 2)
 """
 
+from . import losses, optim
 from ._validation import MAX_ORDER
 from .activations import ACTIVATIONS, get_activation
 from .config import get_memory_limit, memory_limit, set_memory_limit
@@ -14,6 +15,7 @@ from .derivatives import Derivatives, derivatives, hessian, jacobian, value, vjp
 from .errors import (
     ArchitectureError,
     BackendError,
+    ConfigError,
     DTypeError,
     FileFormatError,
     MemoryLimitError,
@@ -24,6 +26,7 @@ from .errors import (
     ShapeError,
     UnknownActivationError,
 )
+from .io import load, save
 from .layers import (
     ELU,
     GELU,
@@ -33,12 +36,15 @@ from .layers import (
     Dense,
     ReLU,
     Sequential,
-    SiLU,
     Sigmoid,
+    SiLU,
     Sin,
     Softplus,
     Tanh,
 )
+from .losses import MSE, Loss
+from .optim import SGD, Adam
+from .training import History, StopTraining, fit
 
 __version__ = "0.1.0"
 
@@ -49,6 +55,7 @@ __all__ = [
     "Activation",
     "ArchitectureError",
     "BackendError",
+    "ConfigError",
     "Cos",
     "DTypeError",
     "Dense",
@@ -79,4 +86,15 @@ __all__ = [
     "set_memory_limit",
     "value",
     "vjp",
+    "Adam",
+    "History",
+    "Loss",
+    "MSE",
+    "SGD",
+    "StopTraining",
+    "fit",
+    "load",
+    "losses",
+    "optim",
+    "save",
 ]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cache, cached_property
 
 import numpy as np
 
@@ -108,7 +108,7 @@ class MultiIndexTable:
         """Rows of the multi-indices of degree exactly ``k``."""
         return slice(n_coefficients(self.d, k - 1) if k > 0 else 0, n_coefficients(self.d, k))
 
-    @lru_cache(maxsize=None)  # noqa: B019 - the table itself is cached for the process lifetime
+    @cache  # noqa: B019 - the table itself is cached for the process lifetime
     def series_product(self, min_right_degree: int = 1) -> SparseBilinear:
         """Truncated product of two series without constant term.
 
@@ -126,7 +126,7 @@ class MultiIndexTable:
                     target.append(t)
         return SparseBilinear.from_pairs(left, right, target, self.n_coef)
 
-    @lru_cache(maxsize=None)  # noqa: B019
+    @cache  # noqa: B019
     def tensor_layout(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Where each entry of the symmetric order-``k`` tensor lives in the stack.
 
@@ -145,7 +145,7 @@ def _sub_indices(alpha: tuple[int, ...]):
     return itertools.product(*(range(a + 1) for a in alpha))
 
 
-@lru_cache(maxsize=None)
+@cache
 def multi_index_table(d: int, order: int) -> MultiIndexTable:
     """The cached :class:`MultiIndexTable` of ``d`` variables up to degree ``order``."""
     alphas = [alpha for k in range(order + 1) for alpha in _compositions(k, d)]

@@ -15,7 +15,7 @@ import numpy as np
 from . import _validation as check
 from . import engine
 from .combinatorics import MultiIndexTable
-from .errors import NnderivError, NnderivWarning, OrderError, ShapeError
+from .errors import ConfigError, NnderivWarning, OrderError, ShapeError
 from .modes.full import FullMode
 
 
@@ -96,7 +96,8 @@ class Derivatives:
 
 
 def _warn_if_nonsmooth(model, order: int) -> None:
-    rough = sorted({layer.activation.name for layer in model.layers if hasattr(layer, "activation") and not layer.activation.smooth})
+    activations = [layer.activation for layer, _ in engine.leaf_layers(model) if hasattr(layer, "activation")]
+    rough = sorted({activation.name for activation in activations if not activation.smooth})
     if order >= 2 and rough:
         warnings.warn(
             f"derivatives of order >= 2 through {', '.join(rough)} are zero almost everywhere: "
@@ -163,7 +164,7 @@ def _cotangent_orders(cotangent) -> dict[int, np.ndarray]:
     if isinstance(cotangent, Derivatives):
         return {k: cotangent.tensor(k) for k in range(cotangent.order + 1)}
     if not isinstance(cotangent, Mapping):
-        raise NnderivError(
+        raise ConfigError(
             "the cotangent of derivatives() must be a dict {order or 'value'/'jacobian'/'hessian': "
             f"array}} or a Derivatives, got {type(cotangent).__name__}"
         )
@@ -171,7 +172,7 @@ def _cotangent_orders(cotangent) -> dict[int, np.ndarray]:
     for key, array in cotangent.items():
         k = _TENSOR_NAMES.get(key, key)
         if k in orders:
-            raise NnderivError(f"the cotangent names order {k} twice")
+            raise ConfigError(f"the cotangent names order {k} twice")
         orders[check.order(k, f"cotangent key {key!r}")] = array
     return orders
 
@@ -240,9 +241,9 @@ def vjp(fn, model, x, *, wrt: str = "params", **kwargs):
     rule = VJP_RULES.get(value if fn is model else fn)
     if rule is None:
         known = ", ".join(f"nd.{f.__name__}" for f in VJP_RULES)
-        raise NnderivError(f"no pullback rule for {fn!r}; vjp supports {known} and the model itself")
+        raise ConfigError(f"no pullback rule for {fn!r}; vjp supports {known} and the model itself")
     if wrt not in ("params", "x", "both"):
-        raise NnderivError(f"wrt must be 'params', 'x' or 'both', got {wrt!r}")
+        raise ConfigError(f"wrt must be 'params', 'x' or 'both', got {wrt!r}")
     out, stack_pullback = rule(model, check.points(x, model), **kwargs)
 
     def pullback(cotangent):

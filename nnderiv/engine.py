@@ -16,19 +16,23 @@ from .config import get_memory_limit
 from .errors import MemoryLimitError
 
 
-def _layer_widths(model):
-    """``(layer, width of its input)`` for every layer of a Sequential model."""
-    width = model.n_inputs
+def leaf_layers(model, width=None):
+    """``(layer, width of its input)`` for every Dense and activation layer, nested models flattened."""
+    width = model.n_inputs if width is None else width
     for layer in model.layers:
-        yield layer, width
-        width = getattr(layer, "n_out", width)
+        if hasattr(layer, "layers"):
+            yield from leaf_layers(layer, width)
+            width = layer.n_outputs
+        else:
+            yield layer, width
+            width = getattr(layer, "n_out", width)
 
 
 def bytes_per_point(model, mode) -> int:
     """Estimated peak bytes per point of one sweep of ``model`` in ``mode`` (pullback included if
     ``mode.for_vjp``): the live stacks of the widest step, plus every intermediate kept for the pullback."""
     peak = kept = 0
-    for layer, width in _layer_widths(model):
+    for layer, width in leaf_layers(model):
         if hasattr(layer, "activation"):
             peak = max(peak, mode.elementwise_rows() * width)
             kept += mode.elementwise_saved_rows() * width if mode.for_vjp else 0

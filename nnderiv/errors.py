@@ -12,6 +12,10 @@ class NnderivError(Exception):
     """Base class of every error raised by nnderiv."""
 
 
+class ConfigError(NnderivError, ValueError):
+    """An argument has a value that makes no sense (a learning rate of -1, an unknown option)."""
+
+
 class ShapeError(NnderivError, ValueError):
     """An array has the wrong number of dimensions or the wrong size along an axis."""
 

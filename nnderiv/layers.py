@@ -125,20 +125,20 @@ class Sequential(Layer):
         if not layers:
             raise ArchitectureError("Sequential needs at least one layer")
         self.layers = list(layers)
-        dense = [layer for layer in self.layers if isinstance(layer, Dense)]
-        if not dense:
+        shaped = [layer for layer in self.layers if isinstance(layer, (Dense, Sequential))]
+        if not shaped:
             raise ArchitectureError("a model needs at least one Dense layer to fix its input width")
-        for before, after in zip(dense, dense[1:]):
-            if before.n_out != after.n_in:
+        for before, after in zip(shaped, shaped[1:]):
+            if _widths(before)[1] != _widths(after)[0]:
                 raise ArchitectureError(
-                    f"mismatched widths: {before!r} outputs {before.n_out} values but the next "
-                    f"{after!r} expects {after.n_in}"
+                    f"mismatched widths: {before!r} outputs {_widths(before)[1]} values but the next "
+                    f"layer {after!r} expects {_widths(after)[0]}"
                 )
-        dtypes = {layer.dtype for layer in dense}
+        dtypes = {layer.dtype for layer in shaped}
         if len(dtypes) > 1:
             raise ArchitectureError(f"all Dense layers must share one dtype, got {sorted(d.name for d in dtypes)}")
-        self.dtype = dense[0].dtype
-        self.n_inputs, self.n_outputs = dense[0].n_in, dense[-1].n_out
+        self.dtype = shaped[0].dtype
+        self.n_inputs, self.n_outputs = _widths(shaped[0])[0], _widths(shaped[-1])[1]
 
     @property
     def params(self) -> dict[str, np.ndarray]:
@@ -154,7 +154,17 @@ class Sequential(Layer):
             check.same_shape(value, current[name].shape, f"parameter {name!r}")
         for name, value in new_params.items():
             index, key = name.split(".", 1)
-            self.layers[int(index)].params[key] = np.asarray(value, dtype=self.dtype)
+            layer = self.layers[int(index)]
+            if isinstance(layer, Sequential):
+                layer.set_params({key: value})
+            else:
+                layer.params[key] = np.asarray(value, dtype=self.dtype)
+
+    def save(self, path) -> None:
+        """Save parameters and architecture to one ``.npz`` file, atomically: see :func:`nnderiv.save`."""
+        from .io import save
+
+        save(self, path)
 
     def forward(self, mode, stack):
         saved = []
@@ -182,6 +192,11 @@ class Sequential(Layer):
     def __repr__(self):
         inner = ",\n".join(f"  {layer!r}" for layer in self.layers)
         return f"{type(self).__name__}(\n{inner}\n)"
+
+
+def _widths(layer) -> tuple[int, int]:
+    """``(input width, output width)`` of a Dense layer or a Sequential model."""
+    return (layer.n_in, layer.n_out) if isinstance(layer, Dense) else (layer.n_inputs, layer.n_outputs)
 
 
 class MLP(Sequential):

@@ -1,0 +1,228 @@
+"""Losses on a network's outputs and input derivatives: each returns ``(value, cotangent)``.
+
+A loss is called on the :class:`~nnderiv.Derivatives` ``D`` of a model at a batch of points and on
+the batch itself (a dict of arrays: ``"x"`` and the targets). It returns the loss value and its
+cotangent: ``{k: dL/d tensor(k)}``, one array of the shape of ``D.tensor(k)`` for every order
+``k`` the loss touches, which is exactly what the pullback of :func:`nnderiv.vjp` of
+:func:`nnderiv.derivatives` takes. :meth:`Loss.value_and_grad` chains the two:
+
+    L(theta) = loss(derivatives(model_theta, x)),   dL/dtheta = pullback(dL/dD).
+
+Losses combine linearly, ``MSE("value", "y") + 0.1 * MSE("jacobian", "dy")``: the value and the
+cotangent of a weighted sum are the weighted sums (the derivative order needed is the largest).
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping
+
+import numpy as np
+
+from . import _validation as check
+from .derivatives import derivatives, vjp
+from .errors import ConfigError, NonFiniteError, ShapeError
+
+_COMPONENT_ORDERS = {"value": 0, "jacobian": 1, "hessian": 2}
+
+
+class Loss:
+    """Base class: a scalar function of a model's derivatives at a batch, with its cotangent.
+
+    Subclasses set ``order`` (the derivative order they read) and implement
+    ``__call__(D, batch) -> (value, {k: cotangent of D.tensor(k)})``. Losses add, and scale by
+    real numbers.
+
+    >>> import nnderiv as nd
+    >>> loss = nd.MSE("value", "y") + 0.1 * nd.MSE("jacobian", "dy")
+    >>> loss.order
+    1
+    >>> loss
+    1.0 * MSE('value', 'y') + 0.1 * MSE('jacobian', 'dy')
+    """
+
+    order: int = 0
+
+    def __call__(self, D, batch: Mapping) -> tuple[float, dict[int, np.ndarray]]:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def value_and_grad(self, model, batch: Mapping) -> tuple[float, dict[str, np.ndarray]]:
+        """The loss at ``batch`` and its gradient ``{param name: array}`` w.r.t. ``model.params``.
+
+        One forward sweep of :func:`nnderiv.derivatives` up to ``self.order`` at ``batch["x"]``,
+        then its hand-written pullback of the loss's cotangent.
+
+        >>> import numpy as np, nnderiv as nd
+        >>> model = nd.MLP([1, 8, 1], seed=0)
+        >>> batch = {"x": np.linspace(-1, 1, 5)[:, None], "y": np.zeros((5, 1))}
+        >>> value, grads = nd.MSE("value", "y").value_and_grad(model, batch)
+        >>> value >= 0, sorted(grads) == sorted(model.params)
+        (True, True)
+        """
+        if not isinstance(batch, Mapping) or "x" not in batch:
+            raise ConfigError(f"batch must be a dict of arrays with the points under 'x', got {_describe(batch)}")
+        D, pullback = vjp(derivatives, model, batch["x"], order=self.order)
+        value, cotangent = self(D, batch)
+        return value, pullback(cotangent)
+
+    def weighted_terms(self) -> list[tuple[float, Loss]]:
+        """``[(weight, loss), ...]`` whose weighted sum is this loss.
+
+        >>> import nnderiv as nd
+        >>> (0.5 * nd.MSE("value")).weighted_terms()
+        [(0.5, MSE('value', None))]
+        """
+        return [(1.0, self)]
+
+    def __add__(self, other):
+        if not isinstance(other, Loss):
+            return NotImplemented
+        return WeightedSum(self.weighted_terms() + other.weighted_terms())
+
+    def __radd__(self, other):
+        if isinstance(other, numbers.Number) and other == 0:  # so that sum([loss_a, loss_b]) works
+            return self
+        return NotImplemented
+
+    def __mul__(self, weight):
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
+            return NotImplemented
+        if not np.isfinite(weight):
+            raise NonFiniteError(f"a loss weight must be finite, got {weight!r}")
+        return WeightedSum([(float(weight) * w, term) for w, term in self.weighted_terms()])
+
+    __rmul__ = __mul__
+
+
+class WeightedSum(Loss):
+    """``sum_i w_i L_i``: value and cotangent are the weighted sums of the terms'.
+
+    Built by ``+`` and ``*`` on losses; rarely constructed directly.
+
+    >>> import nnderiv as nd
+    >>> loss = WeightedSum([(2.0, nd.MSE("value")), (1.0, nd.MSE((0, 0)))])
+    >>> loss.order, len(loss.terms)
+    (2, 2)
+    """
+
+    def __init__(self, terms):
+        self.terms = [(float(w), term) for w, term in terms]
+        if not self.terms or not all(isinstance(term, Loss) for _, term in self.terms):
+            raise ConfigError(f"WeightedSum needs a non-empty list of (weight, Loss) pairs, got {terms!r}")
+        self.order = max(term.order for _, term in self.terms)
+
+    def __call__(self, D, batch):
+        total, cotangent = 0.0, {}
+        for weight, term in self.terms:
+            value, term_cotangent = term(D, batch)
+            total += weight * value
+            for k, cot in term_cotangent.items():
+                cotangent[k] = cotangent[k] + weight * cot if k in cotangent else weight * cot
+        return total, cotangent
+
+    def weighted_terms(self):
+        return list(self.terms)
+
+    def __repr__(self):
+        return " + ".join(f"{w!r} * {term!r}" for w, term in self.terms)
+
+
+class MSE(Loss):
+    """Mean squared error of one component of the derivatives against a target.
+
+    ``L = mean((C - T)^2)`` over ALL entries of the component ``C`` (batch, outputs and input
+    axes alike: the Deep Differential Network convention), so ``dL/dC = 2 (C - T) / C.size``.
+
+    Parameters
+    ----------
+    component : "value" | "jacobian" | "hessian" | int | tuple of int
+        ``D.value`` ``(N, m)``, ``D.jacobian`` ``(N, m, d)``, ``D.hessian`` ``(N, m, d, d)``,
+        ``D.tensor(k)`` ``(N, m) + (d,) * k`` for an int ``k``, or one partial derivative
+        ``D.partial(indices)`` ``(N, m)`` for a tuple of input indices, e.g. ``(0, 0)`` for
+        ``d^2 f / dx_0^2``.
+    target : str or None
+        The key of the batch array holding the target, of exactly the component's shape (nothing
+        is broadcast); ``None`` for a zero target (a residual that should vanish).
+
+    >>> import numpy as np, nnderiv as nd
+    >>> model = nd.MLP([2, 8, 1], seed=0)
+    >>> x = np.zeros((4, 2))
+    >>> D = nd.derivatives(model, x, order=1)
+    >>> value, cotangent = nd.MSE("jacobian")(D, {"x": x})
+    >>> bool(np.isclose(value, np.mean(D.jacobian ** 2))), cotangent[1].shape
+    (True, (4, 1, 2))
+    """
+
+    def __init__(self, component="value", target: str | None = None):
+        self.component = component
+        self.target = target
+        self.k, self.indices = _parse_component(component)
+        self.order = self.k
+        if target is not None and not isinstance(target, str):
+            raise ConfigError(f"target must be the name of a batch array or None, got {target!r}")
+
+    def __call__(self, D, batch):
+        component = self.component_of(D)
+        residual = component if self.target is None else component - self._target(batch, component)
+        value = float(np.mean(residual**2))
+        d_component = (2.0 / residual.size) * residual
+        return value, {self.k: self._as_tensor_cotangent(d_component, D)}
+
+    def component_of(self, D) -> np.ndarray:
+        """The component of ``D`` this loss reads: ``D.tensor(k)`` or ``D.partial(indices)``.
+
+        >>> import numpy as np, nnderiv as nd
+        >>> D = nd.derivatives(nd.MLP([2, 4, 1], seed=0), np.zeros((3, 2)), order=2)
+        >>> nd.MSE("hessian").component_of(D).shape, nd.MSE((0, 1)).component_of(D).shape
+        ((3, 1, 2, 2), (3, 1))
+        """
+        return D.tensor(self.k) if self.indices is None else D.partial(self.indices)
+
+    def _target(self, batch, component):
+        if not isinstance(batch, Mapping) or self.target not in batch:
+            keys = sorted(batch) if isinstance(batch, Mapping) else _describe(batch)
+            raise ConfigError(f"{self!r} needs the target batch[{self.target!r}], but the batch has {keys}")
+        target = check.real_array(batch[self.target], f"target batch[{self.target!r}]", component.dtype)
+        if target.shape != component.shape:
+            raise ShapeError(
+                f"target batch[{self.target!r}] must have the shape of {_component_name(self.component)} "
+                f"{component.shape}, got {target.shape}"
+            )
+        return target
+
+    def _as_tensor_cotangent(self, d_component, D):
+        """Cotangent of ``D.tensor(k)``: the component itself, or zero but at the one partial."""
+        if self.indices is None:
+            return d_component
+        cotangent = np.zeros(d_component.shape + (D.n_inputs,) * self.k, dtype=d_component.dtype)
+        cotangent[(Ellipsis, *self.indices)] = d_component
+        return cotangent
+
+    def __repr__(self):
+        return f"MSE({self.component!r}, {self.target!r})"
+
+
+def _parse_component(component) -> tuple[int, tuple[int, ...] | None]:
+    """``(order k, input indices or None)`` of a component name, order or partial."""
+    if isinstance(component, str):
+        if component not in _COMPONENT_ORDERS:
+            raise ConfigError(
+                f"component must be 'value', 'jacobian', 'hessian', an order k or a tuple of input "
+                f"indices, got {component!r}"
+            )
+        return _COMPONENT_ORDERS[component], None
+    if isinstance(component, tuple):
+        if not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) and i >= 0 for i in component):
+            raise ConfigError(f"a partial derivative component is a tuple of input indices >= 0, got {component!r}")
+        return check.order(len(component), "the number of indices of component"), tuple(int(i) for i in component)
+    return check.order(component, "component"), None
+
+
+def _component_name(component) -> str:
+    if isinstance(component, tuple):
+        return f"D.partial({component})"
+    return f"D.{component}" if isinstance(component, str) else f"D.tensor({component})"
+
+
+def _describe(obj) -> str:
+    return f"an object of type {type(obj).__name__}"

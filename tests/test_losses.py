@@ -1,0 +1,211 @@
+"""Losses: values and cotangents against finite differences, in the component and in the parameters."""
+
+import numpy as np
+import pytest
+
+import nnderiv as nd
+from nnderiv.losses import WeightedSum
+
+N, M, D_IN = 3, 2, 2
+
+
+class TensorStack:
+    """A stand-in for Derivatives whose tensors are independent arrays (no symmetry), so that a
+    finite difference in one entry of a component is a difference in exactly that entry."""
+
+    def __init__(self, tensors):
+        self.tensors = tensors
+        self.n_inputs = D_IN
+
+    def tensor(self, k):
+        return self.tensors[k]
+
+    def partial(self, indices):
+        return self.tensors[len(indices)][(Ellipsis, *indices)]
+
+
+def random_stack(rng, order=3):
+    return TensorStack({k: rng.normal(size=(N, M) + (D_IN,) * k) for k in range(order + 1)})
+
+
+def batch_for(rng, component_shapes):
+    return {"x": np.zeros((N, D_IN)), **{key: rng.normal(size=shape) for key, shape in component_shapes.items()}}
+
+
+COMPONENTS = [  # (component, order k, shape of the component)
+    ("value", 0, (N, M)),
+    ("jacobian", 1, (N, M, D_IN)),
+    ("hessian", 2, (N, M, D_IN, D_IN)),
+    (3, 3, (N, M, D_IN, D_IN, D_IN)),
+    ((0, 1), 2, (N, M)),
+    ((1, 1, 0), 3, (N, M)),
+]
+
+
+@pytest.mark.parametrize("with_target", [True, False])
+@pytest.mark.parametrize("component, k, shape", COMPONENTS)
+def test_mse_value_and_cotangent_match_finite_differences_in_the_component(component, k, shape, with_target):
+    rng = np.random.default_rng(0)
+    stack = random_stack(rng)
+    batch = batch_for(rng, {"t": shape})
+    loss = nd.MSE(component, "t" if with_target else None)
+    value, cotangent = loss(stack, batch)
+    residual = loss.component_of(stack) - (batch["t"] if with_target else 0)
+    assert value == pytest.approx(np.mean(residual**2), rel=1e-14)
+    assert set(cotangent) == {k} and cotangent[k].shape == stack.tensor(k).shape
+    h = 1e-6  # the loss is quadratic: central differences are exact up to rounding (~1e-10 relative)
+    for _ in range(5):
+        entry = tuple(int(rng.integers(size)) for size in stack.tensor(k).shape)
+        plus, minus = random_stack_copy(stack), random_stack_copy(stack)
+        plus.tensors[k][entry] += h
+        minus.tensors[k][entry] -= h
+        fd = (loss(plus, batch)[0] - loss(minus, batch)[0]) / (2 * h)
+        assert cotangent[k][entry] == pytest.approx(fd, rel=1e-6, abs=1e-10)
+
+
+def random_stack_copy(stack):
+    return TensorStack({k: t.copy() for k, t in stack.tensors.items()})
+
+
+def test_mse_is_the_mean_over_all_entries_ddn_convention():
+    stack = TensorStack({0: np.zeros((N, M)), 1: np.ones((N, M, D_IN))})
+    value, cotangent = nd.MSE("jacobian")(stack, {"x": None})
+    assert value == 1.0
+    np.testing.assert_allclose(cotangent[1], 2.0 / (N * M * D_IN))
+
+
+def test_weighted_sum_adds_values_and_cotangents():
+    rng = np.random.default_rng(1)
+    stack = random_stack(rng)
+    batch = batch_for(rng, {"y": (N, M), "dy": (N, M, D_IN)})
+    a, b, c = nd.MSE("value", "y"), nd.MSE("jacobian", "dy"), nd.MSE((0, 0))
+    loss = a + 0.1 * b + c * 3
+    value, cotangent = loss(stack, batch)
+    (va, ca), (vb, cb), (vc, cc) = a(stack, batch), b(stack, batch), c(stack, batch)
+    assert value == pytest.approx(va + 0.1 * vb + 3 * vc, rel=1e-14)
+    np.testing.assert_allclose(cotangent[0], ca[0], rtol=1e-14)
+    np.testing.assert_allclose(cotangent[1], 0.1 * cb[1], rtol=1e-14)
+    np.testing.assert_allclose(cotangent[2], 3 * cc[2], rtol=1e-14)
+    assert loss.order == 2
+    assert [w for w, _ in loss.terms] == [1.0, 0.1, 3.0]
+
+
+def test_weighted_sums_flatten_and_scale_and_python_sum_works():
+    a, b = nd.MSE("value"), nd.MSE("jacobian")
+    loss = 2 * (a + 0.5 * b)
+    assert isinstance(loss, WeightedSum)
+    assert [(w, t) for w, t in loss.terms] == [(2.0, a), (1.0, b)]
+    assert sum([a, b]).terms == [(1.0, a), (1.0, b)]
+    assert repr(a + b) == "1.0 * MSE('value', None) + 1.0 * MSE('jacobian', None)"
+
+
+def test_same_order_terms_accumulate_into_one_cotangent():
+    stack = random_stack(np.random.default_rng(2))
+    loss = nd.MSE("jacobian") + nd.MSE("jacobian")
+    value, cotangent = loss(stack, {"x": None})
+    single_value, single = nd.MSE("jacobian")(stack, {"x": None})
+    assert value == pytest.approx(2 * single_value)
+    np.testing.assert_allclose(cotangent[1], 2 * single[1])
+
+
+# ------------------------------------------------------------------ gradients w.r.t. the parameters
+
+
+def model_and_batch(dtype="float64"):
+    rng = np.random.default_rng(3)
+    model = nd.MLP([2, 6, 5, 2], activation="tanh", seed=0, dtype=dtype)
+    for name, theta in model.params.items():  # non-zero biases, so that no derivative vanishes by symmetry
+        if name.endswith(".b"):
+            theta[:] = rng.normal(size=theta.shape)
+    x = rng.uniform(-1, 1, (7, 2))
+    batch = {
+        "x": x,
+        "y": rng.normal(size=(7, 2)),
+        "dy": rng.normal(size=(7, 2, 2)),
+        "d2y": rng.normal(size=(7, 2, 2, 2)),
+        "f01": rng.normal(size=(7, 2)),
+    }
+    return model, batch
+
+
+LOSSES = {
+    "value": nd.MSE("value", "y"),
+    "jacobian": nd.MSE("jacobian", "dy"),
+    "hessian": nd.MSE("hessian", "d2y"),
+    "tensor3": nd.MSE(3),
+    "partial": nd.MSE((0, 1), "f01"),
+    "partial3": nd.MSE((1, 1, 0)),
+    "sum": nd.MSE("value", "y") + 0.1 * nd.MSE("jacobian", "dy") + 0.01 * nd.MSE((0, 0)),
+}
+
+
+def loss_at(loss, model, batch, params):
+    model.set_params(params)
+    D = nd.derivatives(model, batch["x"], order=loss.order)
+    return loss(D, batch)[0]
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_value_and_grad_matches_central_differences_along_random_directions(name):
+    loss = LOSSES[name]
+    model, batch = model_and_batch()
+    params = {k: v.copy() for k, v in model.params.items()}
+    value, grads = loss.value_and_grad(model, batch)
+    assert value == pytest.approx(loss_at(loss, model, batch, params), rel=1e-14)
+    assert {k: g.shape for k, g in grads.items()} == {k: p.shape for k, p in params.items()}
+    rng = np.random.default_rng(4)
+    h = 1e-5  # central differences: error O(h^2) ~ 1e-10 relative to the curvature of the loss
+    for _ in range(3):
+        direction = {k: rng.normal(size=p.shape) for k, p in params.items()}
+        plus = loss_at(loss, model, batch, {k: p + h * direction[k] for k, p in params.items()})
+        minus = loss_at(loss, model, batch, {k: p - h * direction[k] for k, p in params.items()})
+        directional = sum(float(np.sum(grads[k] * direction[k])) for k in params)
+        assert directional == pytest.approx((plus - minus) / (2 * h), rel=1e-6, abs=1e-9)
+
+
+def test_value_and_grad_in_float32_stays_float32():
+    model, batch = model_and_batch("float32")
+    value, grads = (nd.MSE("value", "y") + nd.MSE("jacobian", "dy")).value_and_grad(model, batch)
+    assert np.isfinite(value) and all(g.dtype == np.float32 for g in grads.values())
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_bad_components_and_targets_fail_loudly():
+    with pytest.raises(nd.NnderivError, match="component"):
+        nd.MSE("laplacian")
+    with pytest.raises(nd.OrderError, match="component"):
+        nd.MSE(-1)
+    with pytest.raises(nd.NnderivError, match="input indices"):
+        nd.MSE((0, -1))
+    with pytest.raises(nd.NnderivError, match="target"):
+        nd.MSE("value", target=3)
+
+
+def test_target_problems_name_the_key():
+    model, batch = model_and_batch()
+    D = nd.derivatives(model, batch["x"], order=1)
+    with pytest.raises(nd.NnderivError, match="'missing'"):
+        nd.MSE("value", "missing")(D, batch)
+    with pytest.raises(nd.ShapeError, match=r"batch\['dy'\].*D.value \(7, 2\)"):
+        nd.MSE("value", "dy")(D, batch)  # nothing is broadcast
+    bad = dict(batch, y=np.full((7, 2), np.nan))
+    with pytest.raises(nd.NonFiniteError, match="'y'"):
+        nd.MSE("value", "y")(D, bad)
+
+
+def test_bad_weights_and_operands():
+    loss = nd.MSE("value")
+    with pytest.raises(TypeError):
+        loss * "2"
+    with pytest.raises(TypeError):
+        loss + 1
+    with pytest.raises(nd.NonFiniteError, match="weight"):
+        loss * float("nan")
+
+
+def test_value_and_grad_needs_a_batch_with_x():
+    model, _ = model_and_batch()
+    with pytest.raises(nd.NnderivError, match="'x'"):
+        nd.MSE("value").value_and_grad(model, {"y": np.zeros((3, 2))})
