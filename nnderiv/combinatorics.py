@@ -81,50 +81,62 @@ class SparseBilinear:
         return SparseBilinear.from_pairs(self.target, self.left, self.right, self.n_out)
 
 
-@dataclass(frozen=True, eq=False)
-class MultiIndexTable:
-    """All multi-indices of ``d`` variables up to degree ``order``, in graded order."""
+class SeriesTable:
+    """A truncated series algebra: which rows a stack has, and which rows multiply into which.
 
-    d: int
-    order: int
-    alphas: np.ndarray  # (n_coef, d) int
-    position: dict  # alpha tuple -> row in ``alphas``
+    Rows are sorted by degree (row 0 is the constant term, the value). ``pairs`` lists every
+    product of two rows of degree >= 1 that lands inside the truncation: ``(left, right, target)``.
+    The modes differ only by their table (:mod:`nnderiv.modes.series`).
+    """
+
+    def __init__(self, degrees, pairs):
+        self.degrees = np.asarray(degrees, dtype=np.intp)
+        self.order = int(self.degrees[-1])
+        self._pairs = np.asarray(pairs, dtype=np.intp).reshape(-1, 3)
+        self._starts = np.searchsorted(self.degrees, np.arange(self.order + 2))
 
     @property
     def n_coef(self) -> int:
-        return len(self.alphas)
+        return len(self.degrees)
 
-    @cached_property
-    def degrees(self) -> np.ndarray:
-        """``|alpha|`` of every row."""
-        return self.alphas.sum(axis=1)
+    def degree_slice(self, k: int) -> slice:
+        """Rows of degree exactly ``k``."""
+        return slice(int(self._starts[k]), int(self._starts[k + 1]))
+
+    @cache  # noqa: B019 - tables are cached for the process lifetime
+    def series_product(self, min_right_degree: int = 1) -> SparseBilinear:
+        """Truncated product of two series without constant term, ``(u * v)[t] = sum u[l] v[r]``.
+
+        Only pairs with ``degree(r) >= min_right_degree`` are kept: the ``j``-th power of a series
+        without constant term starts at degree ``j``, so the other products are known zeros.
+        """
+        left, right, target = self._pairs.T
+        keep = self.degrees[right] >= max(min_right_degree, 1)
+        return SparseBilinear.from_pairs(left[keep], right[keep], target[keep], self.n_coef)
+
+
+class MultiIndexTable(SeriesTable):
+    """All multi-indices of ``d`` variables up to degree ``order``, in graded order (full mode)."""
+
+    def __init__(self, d: int, order: int):
+        self.d = d
+        self.alphas = np.array(
+            [alpha for k in range(order + 1) for alpha in _compositions(k, d)], dtype=np.intp
+        ).reshape(-1, d)
+        self.position = {tuple(int(a) for a in alpha): i for i, alpha in enumerate(self.alphas)}
+        super().__init__(self.alphas.sum(axis=1), list(self._product_pairs()))
+
+    def _product_pairs(self):
+        for t, alpha in enumerate(self.alphas):
+            for r_alpha in _sub_indices(tuple(alpha)):
+                l_alpha = tuple(int(a - b) for a, b in zip(alpha, r_alpha))
+                if sum(r_alpha) >= 1 and sum(l_alpha) >= 1:
+                    yield self.position[l_alpha], self.position[r_alpha], t
 
     @cached_property
     def factorials(self) -> np.ndarray:
         """``alpha! = prod_i alpha_i!`` of every row, as float64 (Taylor coefficient -> derivative)."""
         return np.array([math.prod(math.factorial(a) for a in alpha) for alpha in self.alphas], dtype=np.float64)
-
-    def degree_slice(self, k: int) -> slice:
-        """Rows of the multi-indices of degree exactly ``k``."""
-        return slice(n_coefficients(self.d, k - 1) if k > 0 else 0, n_coefficients(self.d, k))
-
-    @cache  # noqa: B019 - the table itself is cached for the process lifetime
-    def series_product(self, min_right_degree: int = 1) -> SparseBilinear:
-        """Truncated product of two series without constant term.
-
-        ``(u * v)[t] = sum_{l + r = t} u[l] v[r]`` over ``|l| >= 1``, ``|r| >= min_right_degree``,
-        ``|t| <= order``. Restricting ``|r|`` skips products with coefficients known to be zero:
-        the ``j``-th power of a series without constant term starts at degree ``j``.
-        """
-        left, right, target = [], [], []
-        for t, alpha in enumerate(self.alphas):
-            for r_alpha in _sub_indices(tuple(alpha)):
-                l_alpha = tuple(a - b for a, b in zip(alpha, r_alpha))
-                if sum(r_alpha) >= max(min_right_degree, 1) and sum(l_alpha) >= 1:
-                    left.append(self.position[l_alpha])
-                    right.append(self.position[r_alpha])
-                    target.append(t)
-        return SparseBilinear.from_pairs(left, right, target, self.n_coef)
 
     @cache  # noqa: B019
     def tensor_layout(self, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -148,6 +160,52 @@ def _sub_indices(alpha: tuple[int, ...]):
 @cache
 def multi_index_table(d: int, order: int) -> MultiIndexTable:
     """The cached :class:`MultiIndexTable` of ``d`` variables up to degree ``order``."""
-    alphas = [alpha for k in range(order + 1) for alpha in _compositions(k, d)]
-    array = np.array(alphas, dtype=np.intp).reshape(len(alphas), d)
-    return MultiIndexTable(d, order, array, {alpha: i for i, alpha in enumerate(alphas)})
+    return MultiIndexTable(d, order)
+
+
+@cache
+def directional_table(n_dir: int, order: int) -> SeriesTable:
+    """Univariate series along ``n_dir`` directions, orders ``0..order`` (Taylor mode).
+
+    Row 0 is the value, shared by every direction; the coefficient of order ``k >= 1`` along
+    direction ``r`` is row ``1 + (k - 1) n_dir + r``. Only coefficients of one direction multiply.
+    """
+
+    def row(k, r):
+        return 1 + (k - 1) * n_dir + r
+
+    degrees = [0] + [k for k in range(1, order + 1) for _ in range(n_dir)]
+    pairs = [
+        (row(k1, r), row(k2, r), row(k1 + k2, r))
+        for r in range(n_dir)
+        for k1 in range(1, order)
+        for k2 in range(1, order - k1 + 1)
+    ]
+    return SeriesTable(degrees, pairs)
+
+
+@cache
+def collapsed_second_order_table(n_dir: int, n_negative: int = 0) -> SeriesTable:
+    """Value, first order along ``n_dir`` directions, and the SUMMED second-order coefficients.
+
+    Rows: 0 the value; ``1 .. n_dir`` first order along each direction; ``n_dir + 1`` the sum of
+    the second-order coefficients along the first ``n_dir - n_negative`` directions; if
+    ``n_negative``, row ``n_dir + 2`` the sum along the last ``n_negative`` ones. Summing is exact:
+    the second-order coefficient of a product of series without constant term along direction
+    ``r`` is ``u_r v_r``, which needs first-order rows only (collapsed / forward Laplacian mode).
+    """
+    n_positive = n_dir - n_negative
+    degrees = [0] + [1] * n_dir + [2] * (1 + (n_negative > 0))
+    pairs = [(1 + r, 1 + r, n_dir + 1 + (r >= n_positive)) for r in range(n_dir)]
+    return SeriesTable(degrees, pairs)
+
+
+@cache
+def hessian_vector_table(d: int) -> SeriesTable:
+    """Series in ``t_1..t_d`` and ``s`` (displacements along ``e_i`` and ``v``), truncated to
+    ``1, t_i, s, t_i s``: rows 0 the value, ``1 .. d`` the gradient, ``d + 1`` the directional
+    derivative along ``v``, ``d + 2 + i`` the coefficient of ``t_i s``, i.e. ``(H v)_i``.
+    """
+    degrees = [0] + [1] * (d + 1) + [2] * d
+    pairs = [pair for i in range(d) for pair in ((1 + i, d + 1, d + 2 + i), (d + 1, 1 + i, d + 2 + i))]
+    return SeriesTable(degrees, pairs)

@@ -70,7 +70,7 @@ def _chunks(n_points: int, size: int):
 def evaluate(model, mode, x: np.ndarray, chunk_size=None) -> np.ndarray:
     """The output stack ``(mode.n_rows, N, n_outputs)`` of ``model`` at the points ``x``."""
     size = chunk_size_for(model, mode, len(x), chunk_size)
-    outs = [model.forward(mode, mode.seed(x[part]))[0] for part in _chunks(len(x), size)]
+    outs = [model.forward(mode, mode.seed(x[part], part))[0] for part in _chunks(len(x), size)]
     return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
 
 
@@ -87,12 +87,12 @@ def evaluate_with_pullback(model, mode, x: np.ndarray, chunk_size=None):
 
         return out, pullback
 
-    out = np.concatenate([model.forward(mode, mode.seed(x[part]))[0] for part in parts], axis=1)
+    out = np.concatenate([model.forward(mode, mode.seed(x[part], part))[0] for part in parts], axis=1)
 
     def chunked_pullback(out_bar):
         total, x_bars = None, []
         for part in parts:  # recompute each chunk's sweep: memory stays bounded by one chunk
-            _, saved = model.forward(mode, mode.seed(x[part]))
+            _, saved = model.forward(mode, mode.seed(x[part], part))
             stack_bar, grads = model.backward(mode, saved, out_bar[:, part])
             total = grads if total is None else {k: total[k] + g for k, g in grads.items()}
             x_bars.append(mode.seed_vjp(stack_bar))

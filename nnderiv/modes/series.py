@@ -1,0 +1,137 @@
+r"""Truncated Taylor series through a network: the one engine behind every mode.
+
+A stack ``(n_rows, N, width)`` holds, for each of ``N`` points, the coefficients of a truncated
+Taylor series of a layer's output in some displacement variables; which monomials are kept is the
+mode's *table* (:mod:`nnderiv.combinatorics`): all ``t^alpha`` with ``|alpha| <= K`` (full mode),
+``t_r^k`` along each direction (Taylor mode), the first order plus summed second-order terms
+(collapsed Laplacian), or ``1, t_i, s, t_i s`` (Hessian-vector products). Row 0 is the value.
+Coefficients are Taylor coefficients, ``d^alpha h / alpha!``. Because the kept monomials are
+closed under taking divisors, truncation commutes with sums and products, and two rules suffice:
+
+**Affine step** ``z = h W + b``: expansion is linear, so every row goes through ``W`` — ONE matrix
+product on the stack reshaped to ``(n_rows * N, n_in)`` — and only the value row gets ``b``.
+
+**Activation step** (Faà di Bruno as series composition). With ``z = c_0 + delta``, ``delta`` the
+series without constant term,
+
+.. math::  g(z) = \sum_{j=0}^{K} a_j\, \delta^j, \qquad a_j = \frac{g^{(j)}(c_0)}{j!},
+
+since ``delta^j`` starts at degree ``j``. The powers ``delta^j = delta * delta^{j-1}`` are sparse
+bilinear maps from the table's list of row pairs; expanding them is the sum over set partitions in
+the multivariate Faà di Bruno formula.
+
+**Pullbacks**, beside each rule: ``h_bar = z_bar W^T``, ``W_bar = h^T z_bar`` and
+``b_bar = sum z_bar_0`` (one matrix product each); for the activation, ``a_j_bar = <h_bar,
+delta^j>`` over the rows, ``c_0_bar = sum_j a_j_bar (j + 1) a_{j+1}`` (``d a_j / d c_0 = (j + 1)
+a_{j+1}``: the pullback of order ``K`` needs ``g^{(K+1)}``), and the products are walked back from
+``delta^K`` to ``delta`` with the two adjoints of each bilinear map.
+"""
+
+from __future__ import annotations
+
+from math import factorial
+
+import numpy as np
+
+from .. import kernels
+
+
+def taylor_coefficients(activation, z: np.ndarray, order: int) -> np.ndarray:
+    """``a_j = g^(j)(z) / j!`` for ``j = 0..order``: shape ``(order + 1, *z.shape)``."""
+    coefs = activation.derivatives(z, order)
+    for j in range(2, order + 1):
+        coefs[j] *= 1.0 / factorial(j)
+    return coefs
+
+
+class SeriesMode:
+    """Propagate truncated series with rows given by ``table``; see the module docstring.
+
+    ``directions`` ``(n_first, d)`` or, per point, ``(n_first, N, d)``: the input's first-order
+    coefficients, one per first-order row of the table (the identity for all partials).
+    """
+
+    def __init__(self, table, directions, *, for_vjp: bool = False):
+        self.table, self.directions, self.for_vjp = table, directions, for_vjp
+        self.order, self.n_rows = table.order, table.n_coef
+
+    # --- seeding: the series of the input x + (displacement) -----------------------------------
+
+    def seed(self, x: np.ndarray, part: slice = slice(None)) -> np.ndarray:
+        """Value ``x``; first-order rows the directions (at the points ``part`` if per point)."""
+        stack = np.zeros((self.n_rows, *x.shape), dtype=x.dtype)
+        stack[0] = x
+        if self.order >= 1:
+            per_point = self.directions.ndim == 3
+            stack[self.table.degree_slice(1)] = self.directions[:, part] if per_point else self.directions[:, None]
+        return stack
+
+    def seed_vjp(self, stack_bar: np.ndarray) -> np.ndarray:
+        """Cotangent of ``x``: only the value row of the seed depends on ``x``."""
+        return stack_bar[0]
+
+    # --- affine step ----------------------------------------------------------------------------
+
+    def linear(self, stack: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``z = stack @ W`` row by row, plus ``b`` on the value row only."""
+        z = kernels.affine(stack, W)
+        z[0] += b
+        return z
+
+    def linear_vjp(self, stack: np.ndarray, W: np.ndarray, z_bar: np.ndarray):
+        """Pullback of :meth:`linear`: ``(stack_bar, W_bar, b_bar)``."""
+        return kernels.affine(z_bar, W.T), kernels.affine_weight_grad(stack, z_bar), z_bar[0].sum(axis=0)
+
+    # --- activation step ------------------------------------------------------------------------
+
+    def _powers(self, delta: np.ndarray) -> list:
+        """``[None, delta^1, ..., delta^K]``; row 0 of ``delta`` is never read by the tables."""
+        powers = [None, delta]
+        for j in range(2, self.order + 1):
+            powers.append(kernels.bilinear(delta, powers[-1], self.table.series_product(j - 1)))
+        return powers
+
+    def elementwise(self, stack: np.ndarray, activation):
+        """``act`` applied to the series ``stack``; returns ``(out, saved for the pullback)``."""
+        K = self.order
+        a = taylor_coefficients(activation, stack[0], K + 1 if self.for_vjp else K)
+        powers = self._powers(stack)
+        out = np.empty_like(stack)
+        out[0] = a[0]
+        if K >= 1:
+            np.multiply(a[1], stack[1:], out=out[1:])
+        for j in range(2, K + 1):
+            first = self.table.degree_slice(j).start  # delta^j vanishes below degree j
+            out[first:] += a[j] * powers[j][first:]
+        return out, ((a, powers) if self.for_vjp else None)
+
+    def elementwise_vjp(self, saved, activation, out_bar: np.ndarray) -> np.ndarray:
+        """Pullback of :meth:`elementwise`: the cotangent of the input stack."""
+        a, powers = saved
+        K = self.order
+        c0_bar = out_bar[0] * a[1]  # the value row reaches the output through every a_j
+        for j in range(1, K + 1):
+            first = self.table.degree_slice(j).start
+            a_j_bar = np.einsum("rnw,rnw->nw", out_bar[first:], powers[j][first:])
+            c0_bar += a_j_bar * (j + 1) * a[j + 1]
+        stack_bar = np.zeros_like(out_bar)
+        power_bar = a[K] * out_bar  # walk delta^j = delta * delta^{j-1} backwards
+        for j in range(K, 1, -1):
+            product = self.table.series_product(j - 1)
+            stack_bar += kernels.bilinear(power_bar, powers[j - 1], product.adjoint_left)
+            power_bar = a[j - 1] * out_bar + kernels.bilinear(power_bar, powers[1], product.adjoint_right)
+        if K >= 1:
+            stack_bar += power_bar
+        stack_bar[0] = c0_bar
+        return stack_bar
+
+    # --- memory estimate ------------------------------------------------------------------------
+
+    def elementwise_rows(self) -> int:
+        """Rows of ``(N, width)`` arrays alive during one activation step."""
+        pairs = self.table.series_product(1).target.size if self.order >= 2 else 0
+        return (self.order + 1) * self.n_rows + self.order + 2 + 2 * pairs
+
+    def elementwise_saved_rows(self) -> int:
+        """Rows kept by one activation step for the pullback: the powers and the ``a_j``."""
+        return self.order * self.n_rows + self.order + 2
