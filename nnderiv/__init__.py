@@ -11,7 +11,7 @@ from . import losses, optim
 from ._validation import MAX_ORDER
 from .activations import ACTIVATIONS, get_activation
 from .config import get_memory_limit, memory_limit, set_memory_limit
-from .derivatives import Derivatives, derivatives, hessian, jacobian, value, vjp
+from .derivatives import Derivatives, derivatives, hessian, jacobian, value
 from .errors import (
     ArchitectureError,
     BackendError,
@@ -43,6 +43,7 @@ from .layers import (
     Tanh,
 )
 from .losses import MSE, Loss
+from .operators import vjp
 from .optim import SGD, Adam
 from .training import History, StopTraining, fit
 

@@ -1,7 +1,7 @@
 """Input derivatives of a model in full mode, and their pullbacks to the parameters.
 
 ``derivatives`` is the one computation; ``value``, ``jacobian`` and ``hessian`` are views of it,
-and :func:`vjp` turns any of them into ``(output, pullback)``. Arrays put the batch first, then the
+and :func:`nnderiv.vjp` turns any of them into ``(output, pullback)``. Arrays put the batch first, then the
 output, then the input axes: ``jacobian (N, m, d)``, ``hessian (N, m, d, d)``.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping
+from functools import partial
 
 import numpy as np
 
@@ -17,6 +18,7 @@ from . import engine
 from .combinatorics import MultiIndexTable
 from .errors import ConfigError, NnderivWarning, OrderError, ShapeError
 from .modes.full import FullMode
+from .operators import Plan, register, run
 
 
 class Derivatives:
@@ -108,6 +110,25 @@ def _warn_if_nonsmooth(model, order: int) -> None:
         )
 
 
+def _plan_full(model, x, *, for_vjp, order=2, view=None, cotangent_orders=None) -> Plan:
+    """Full mode of ``order``; the result is ``view(Derivatives)`` (the Derivatives by default)."""
+    order = check.order(order)
+    _warn_if_nonsmooth(model, order)
+    mode = FullMode(model.n_inputs, order, for_vjp=for_vjp)
+    view = view or (lambda D: D)
+    as_orders = cotangent_orders or _cotangent_orders
+
+    def readout_vjp(cotangent, out_stack):
+        return _stack_cotangent(as_orders(cotangent), mode.table, *out_stack.shape[1:], model.dtype)
+
+    return Plan(mode, lambda out_stack: view(Derivatives(out_stack, mode.table)), readout_vjp)
+
+
+def _plan_view(order: int, view: Callable):
+    """Planner of ``view(derivatives of order)``: the cotangent of the view is that of ``tensor(order)``."""
+    return partial(_plan_full, order=order, view=view, cotangent_orders=lambda cot: {order: cot})
+
+
 def derivatives(model, x, order: int = 2, *, chunk_size: int | None = None) -> Derivatives:
     """Every partial derivative of ``model`` at ``x`` up to ``order``, mixed ones included.
 
@@ -119,16 +140,12 @@ def derivatives(model, x, order: int = 2, *, chunk_size: int | None = None) -> D
     >>> float(nd.derivatives(model, np.ones((1, 1)), order=2).hessian[0, 0, 0, 0])
     0.0
     """
-    order = check.order(order)
-    x = check.points(x, model)
-    _warn_if_nonsmooth(model, order)
-    mode = FullMode(model.n_inputs, order)
-    return Derivatives(engine.evaluate(model, mode, x, chunk_size), mode.table)
+    return run(_plan_full, model, x, chunk_size, order=order)
 
 
 def value(model, x, *, chunk_size: int | None = None) -> np.ndarray:
     """``model(x)``: shape ``(N, m)``."""
-    return derivatives(model, x, order=0, chunk_size=chunk_size).coefficients[0]
+    return run(_plan_value, model, x, chunk_size)
 
 
 def jacobian(model, x, *, chunk_size: int | None = None) -> np.ndarray:
@@ -138,7 +155,7 @@ def jacobian(model, x, *, chunk_size: int | None = None) -> np.ndarray:
     >>> nd.jacobian(nd.MLP([3, 4, 2], seed=0), np.zeros((5, 3))).shape
     (5, 2, 3)
     """
-    return derivatives(model, x, order=1, chunk_size=chunk_size).jacobian
+    return run(_plan_jacobian, model, x, chunk_size)
 
 
 def hessian(model, x, *, chunk_size: int | None = None) -> np.ndarray:
@@ -149,11 +166,16 @@ def hessian(model, x, *, chunk_size: int | None = None) -> np.ndarray:
     >>> H.shape, bool(np.allclose(H, H.transpose(0, 1, 3, 2)))
     ((5, 2, 3, 3), True)
     """
-    return derivatives(model, x, order=2, chunk_size=chunk_size).hessian
+    return run(_plan_hessian, model, x, chunk_size)
+
+
+_plan_value = _plan_view(0, lambda D: D.coefficients[0])
+_plan_jacobian = _plan_view(1, lambda D: D.jacobian)
+_plan_hessian = _plan_view(2, lambda D: D.hessian)
 
 
 # --------------------------------------------------------------------------------------------
-# pullbacks
+# pullbacks of the read-outs
 
 
 _TENSOR_NAMES = {"value": 0, "jacobian": 1, "hessian": 2}
@@ -192,62 +214,7 @@ def _stack_cotangent(orders: dict, table: MultiIndexTable, n: int, m: int, dtype
     return out_bar
 
 
-def _full_mode_rule(order: int, view: Callable, as_orders: Callable):
-    """A vjp rule for a view of full-mode derivatives: ``view(D)`` is the output."""
-
-    def rule(model, x, chunk_size=None):
-        _warn_if_nonsmooth(model, order)
-        mode = FullMode(model.n_inputs, order, for_vjp=True)
-        out_stack, stack_pullback = engine.evaluate_with_pullback(model, mode, x, chunk_size)
-
-        def pullback(cotangent):
-            out_bar = _stack_cotangent(as_orders(cotangent), mode.table, *out_stack.shape[1:], model.dtype)
-            return stack_pullback(out_bar)
-
-        return view(Derivatives(out_stack, mode.table)), pullback
-
-    return rule
-
-
-def _derivatives_rule(model, x, order: int = 2, chunk_size=None):
-    return _full_mode_rule(check.order(order), lambda D: D, _cotangent_orders)(model, x, chunk_size)
-
-
-VJP_RULES: dict[Callable, Callable] = {
-    derivatives: _derivatives_rule,
-    value: _full_mode_rule(0, lambda D: D.coefficients[0], lambda c: {0: c}),
-    jacobian: _full_mode_rule(1, lambda D: D.jacobian, lambda c: {1: c}),
-    hessian: _full_mode_rule(2, lambda D: D.hessian, lambda c: {2: c}),
-}
-
-
-def vjp(fn, model, x, *, wrt: str = "params", **kwargs):
-    """``(fn(model, x, **kwargs), pullback)``: reverse-mode derivative, written by hand.
-
-    ``pullback(cotangent)`` returns, for ``wrt="params"``, ``{param name: gradient}`` with the
-    shapes of ``model.params``; for ``wrt="x"`` the gradient with respect to ``x`` ``(N, d)``; for
-    ``wrt="both"`` the pair. The cotangent has the shape of the output; for ``derivatives`` it is a
-    dict ``{order or "value"/"jacobian"/"hessian": array}`` (missing orders count as zero).
-    ``fn`` is one of ``nd.value`` (or the model itself), ``nd.jacobian``, ``nd.hessian``,
-    ``nd.derivatives``, or any function registered in ``VJP_RULES``.
-
-    >>> import nnderiv as nd
-    >>> model = nd.MLP([2, 8, 1], seed=0)
-    >>> out, pullback = nd.vjp(nd.hessian, model, np.ones((4, 2)))
-    >>> grads = pullback(np.ones_like(out))
-    >>> {name: g.shape for name, g in grads.items()}
-    {'0.W': (2, 8), '0.b': (8,), '2.W': (8, 1), '2.b': (1,)}
-    """
-    rule = VJP_RULES.get(value if fn is model else fn)
-    if rule is None:
-        known = ", ".join(f"nd.{f.__name__}" for f in VJP_RULES)
-        raise ConfigError(f"no pullback rule for {fn!r}; vjp supports {known} and the model itself")
-    if wrt not in ("params", "x", "both"):
-        raise ConfigError(f"wrt must be 'params', 'x' or 'both', got {wrt!r}")
-    out, stack_pullback = rule(model, check.points(x, model), **kwargs)
-
-    def pullback(cotangent):
-        grads, x_bar = stack_pullback(cotangent)
-        return {"params": grads, "x": x_bar, "both": (grads, x_bar)}[wrt]
-
-    return out, pullback
+register(derivatives, _plan_full)
+register(value, _plan_value)
+register(jacobian, _plan_jacobian)
+register(hessian, _plan_hessian)

@@ -20,8 +20,9 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import _validation as check
-from .derivatives import derivatives, vjp
+from .derivatives import derivatives
 from .errors import ConfigError, NonFiniteError, ShapeError
+from .operators import vjp
 
 _COMPONENT_ORDERS = {"value": 0, "jacobian": 1, "hessian": 2}
 
