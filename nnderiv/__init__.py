@@ -11,7 +11,7 @@ from . import losses, optim
 from ._validation import MAX_ORDER
 from .activations import ACTIVATIONS, get_activation
 from .config import get_memory_limit, memory_limit, set_memory_limit
-from .derivatives import Derivatives, derivatives, hessian, jacobian, value
+from .derivatives import Derivatives, derivatives, divergence, hessian, jacobian, value
 from .errors import (
     ArchitectureError,
     BackendError,
@@ -43,6 +43,9 @@ from .layers import (
     Tanh,
 )
 from .losses import MSE, Loss
+from .modes.hvp import hvp
+from .modes.laplacian import laplacian
+from .modes.taylor import biharmonic, mixed_partial, pure_derivatives, taylor
 from .operators import vjp
 from .optim import SGD, Adam
 from .training import History, StopTraining, fit
@@ -87,6 +90,13 @@ __all__ = [
     "set_memory_limit",
     "value",
     "vjp",
+    "taylor",
+    "pure_derivatives",
+    "mixed_partial",
+    "laplacian",
+    "hvp",
+    "divergence",
+    "biharmonic",
     "Adam",
     "History",
     "Loss",

@@ -7,16 +7,14 @@ output, then the input axes: ``jacobian (N, m, d)``, ``hessian (N, m, d, d)``.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping
 from functools import partial
 
 import numpy as np
 
 from . import _validation as check
-from . import engine
 from .combinatorics import MultiIndexTable
-from .errors import ConfigError, NnderivWarning, OrderError, ShapeError
+from .errors import ConfigError, OrderError, ShapeError
 from .modes.full import FullMode
 from .operators import Plan, register, run
 
@@ -97,23 +95,9 @@ class Derivatives:
         return f"Derivatives(order={self.order}, N={n}, m={m}, d={self.n_inputs})"
 
 
-def _warn_if_nonsmooth(model, order: int) -> None:
-    activations = [layer.activation for layer, _ in engine.leaf_layers(model) if hasattr(layer, "activation")]
-    rough = sorted({activation.name for activation in activations if not activation.smooth})
-    if order >= 2 and rough:
-        warnings.warn(
-            f"derivatives of order >= 2 through {', '.join(rough)} are zero almost everywhere: "
-            "they carry no information, and a loss on them cannot train the network; use a smooth "
-            "activation (softplus, tanh, gelu, silu) for derivative losses",
-            NnderivWarning,
-            stacklevel=3,
-        )
-
-
 def _plan_full(model, x, *, for_vjp, order=2, view=None, cotangent_orders=None) -> Plan:
     """Full mode of ``order``; the result is ``view(Derivatives)`` (the Derivatives by default)."""
     order = check.order(order)
-    _warn_if_nonsmooth(model, order)
     mode = FullMode(model.n_inputs, order, for_vjp=for_vjp)
     view = view or (lambda D: D)
     as_orders = cotangent_orders or _cotangent_orders
@@ -169,6 +153,33 @@ def hessian(model, x, *, chunk_size: int | None = None) -> np.ndarray:
     return run(_plan_hessian, model, x, chunk_size)
 
 
+def divergence(model, x, *, chunk_size: int | None = None) -> np.ndarray:
+    """``sum_i d f_i / d x_i`` for a vector field (``m == d``): shape ``(N,)``; the Jacobian's trace.
+
+    >>> import nnderiv as nd
+    >>> field = nd.MLP([3, 8, 3], activation="tanh", seed=0)
+    >>> x = np.ones((4, 3))
+    >>> bool(np.allclose(nd.divergence(field, x), np.trace(nd.jacobian(field, x), axis1=1, axis2=2)))
+    True
+    """
+    return run(_plan_divergence, model, x, chunk_size)
+
+
+def _plan_divergence(model, x, *, for_vjp) -> Plan:
+    d = model.n_inputs
+    if model.n_outputs != d:
+        raise ShapeError(f"divergence needs as many outputs as inputs; the model maps {d} inputs to {model.n_outputs}")
+    mode = FullMode(d, 1, for_vjp=for_vjp)
+    rows, outputs = np.arange(1, d + 1), np.arange(d)  # d f_i / d x_i: row 1 + i, output i
+
+    def readout_vjp(cot, out_stack):
+        out_bar = np.zeros_like(out_stack)
+        out_bar[rows, :, outputs] = cot
+        return out_bar
+
+    return Plan(mode, lambda out_stack: out_stack[rows, :, outputs].sum(axis=0), readout_vjp)
+
+
 _plan_value = _plan_view(0, lambda D: D.coefficients[0])
 _plan_jacobian = _plan_view(1, lambda D: D.jacobian)
 _plan_hessian = _plan_view(2, lambda D: D.hessian)
@@ -218,3 +229,4 @@ register(derivatives, _plan_full)
 register(value, _plan_value)
 register(jacobian, _plan_jacobian)
 register(hessian, _plan_hessian)
+register(divergence, _plan_divergence)

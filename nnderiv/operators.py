@@ -8,6 +8,7 @@ off the network's output stack, and the adjoint of that read-out. :func:`run` ev
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ import numpy as np
 
 from . import _validation as check
 from . import engine
-from .errors import ConfigError
+from .errors import ConfigError, NnderivWarning
 
 
 @dataclass(frozen=True)
@@ -37,10 +38,24 @@ def register(fn: Callable, planner: Callable) -> None:
     PLANNERS[fn] = planner
 
 
+def _warn_if_nonsmooth(model, order: int) -> None:
+    activations = [layer.activation for layer, _ in engine.leaf_layers(model) if hasattr(layer, "activation")]
+    rough = sorted({activation.name for activation in activations if not activation.smooth})
+    if order >= 2 and rough:
+        warnings.warn(
+            f"derivatives of order >= 2 through {', '.join(rough)} are zero almost everywhere: "
+            "they carry no information, and a loss on them cannot train the network; use a smooth "
+            "activation (softplus, tanh, gelu, silu) for derivative losses",
+            NnderivWarning,
+            stacklevel=4,
+        )
+
+
 def run(planner: Callable, model, x, chunk_size=None, **kwargs):
     """Validate ``x``, plan, propagate, read out: the body of every public derivative function."""
     x = check.points(x, model)
     plan = planner(model, x, for_vjp=False, **kwargs)
+    _warn_if_nonsmooth(model, plan.mode.order)
     return plan.readout(engine.evaluate(model, plan.mode, x, chunk_size))
 
 
@@ -71,6 +86,7 @@ def vjp(fn, model, x, *, wrt: str = "params", chunk_size=None, **kwargs):
         raise ConfigError(f"wrt must be 'params', 'x' or 'both', got {wrt!r}")
     x = check.points(x, model)
     plan = planner(model, x, for_vjp=True, **kwargs)
+    _warn_if_nonsmooth(model, plan.mode.order)
     out_stack, stack_pullback = engine.evaluate_with_pullback(model, plan.mode, x, chunk_size)
     out = plan.readout(out_stack)
 

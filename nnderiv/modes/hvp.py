@@ -1,0 +1,57 @@
+r"""Hessian-vector products without the Hessian.
+
+Convention: series in the displacements ``t_1..t_d`` (along the axes) and ``s`` (along ``v``),
+truncated to the monomials ``1, t_i, s, t_i s`` (:func:`nnderiv.combinatorics.hessian_vector_table`):
+row 0 the value, rows ``1..d`` the gradient, row ``d + 1`` the directional derivative
+``grad f . v``, rows ``d + 2 + i`` the coefficient of ``t_i s``, which is ``(H v)_i``
+(``alpha! = 1`` for it). Through ``g(z)``: ``h_{is} = a_1 z_{is} + 2 a_2 z_i z_s`` — the only
+products are first-order rows with the ``v`` row. ``2 d + 2`` rows instead of ``C(d + 2, 2)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _validation as check
+from ..combinatorics import hessian_vector_table
+from ..errors import ShapeError
+from ..operators import Plan, register, run
+from .series import SeriesMode
+
+
+def _plan_hvp(model, x, *, for_vjp, v) -> Plan:
+    d = model.n_inputs
+    v = check.real_array(v, "v", model.dtype)
+    if v.shape == (d,):
+        directions = np.concatenate([np.eye(d, dtype=model.dtype), v[None]])
+    elif v.shape == (len(x), d):
+        directions = np.concatenate([np.broadcast_to(np.eye(d, dtype=model.dtype)[:, None], (d, len(x), d)), v[None]])
+    else:
+        raise ShapeError(f"v must have shape ({d},) or, per point, ({len(x)}, {d}); got {v.shape}")
+    mode = SeriesMode(hessian_vector_table(d), directions, for_vjp=for_vjp)
+    rows = slice(d + 2, 2 * d + 2)
+
+    def readout_vjp(cot, out_stack):
+        out_bar = np.zeros_like(out_stack)
+        out_bar[rows] = cot.transpose(2, 0, 1)
+        return out_bar
+
+    return Plan(mode, lambda out_stack: out_stack[rows].transpose(1, 2, 0).copy(), readout_vjp)
+
+
+def hvp(model, x, v, *, chunk_size: int | None = None) -> np.ndarray:
+    """Hessian times ``v`` at every point: ``(H v)[n, i, j] = sum_k d^2 f_i / dx_j dx_k v_k``.
+
+    ``v`` has shape ``(d,)`` or, per point, ``(N, d)``; returns ``(N, m, d)`` from ``2 d + 2``
+    stacked rows, never forming the Hessian.
+
+    >>> import numpy as np, nnderiv as nd
+    >>> model = nd.MLP([3, 16, 2], activation="tanh", seed=0)
+    >>> x, v = np.ones((4, 3)), np.array([1.0, -2.0, 0.5])
+    >>> bool(np.allclose(nd.hvp(model, x, v), nd.hessian(model, x) @ v))
+    True
+    """
+    return run(_plan_hvp, model, x, chunk_size, v=v)
+
+
+register(hvp, _plan_hvp)
