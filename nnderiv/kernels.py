@@ -15,13 +15,16 @@ def bilinear(a: np.ndarray, b: np.ndarray, table: SparseBilinear) -> np.ndarray:
     """``out[table.target[p]] += a[table.left[p]] * b[table.right[p]]`` for every pair ``p``.
 
     ``a`` and ``b`` are stacks ``(rows, N, width)``; returns ``(table.n_out, N, width)``. The pairs
-    are sorted by target, so the sum is one gather, one product and one ``reduceat``.
+    come in runs of consecutive rows (:attr:`SparseBilinear.runs`), each one multiply-add on
+    contiguous slices into a reused buffer: no gather, no temporary the size of all pairs.
     """
     out = np.zeros((table.n_out, *a.shape[1:]), dtype=a.dtype)
-    if table.target.size:
-        products = a[table.left]
-        products *= b[table.right]
-        out[table.run_targets] = np.add.reduceat(products, table.run_starts, axis=0)
+    runs = table.runs
+    if len(runs):
+        buffer = np.empty((int(runs[:, 3].max()), *a.shape[1:]), dtype=a.dtype)
+        for l0, r0, t0, n in runs.tolist():
+            product = np.multiply(a[l0 : l0 + n], b[r0 : r0 + n], out=buffer[:n])
+            out[t0 : t0 + n] += product
     return out
 
 
