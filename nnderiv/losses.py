@@ -10,6 +10,19 @@ cotangent: ``{k: dL/d tensor(k)}``, one array of the shape of ``D.tensor(k)`` fo
 
 Losses combine linearly, ``MSE("value", "y") + 0.1 * MSE("jacobian", "dy")``: the value and the
 cotangent of a weighted sum are the weighted sums (the derivative order needed is the largest).
+
+Two kinds of loss, and how a sum evaluates them:
+
+- *derivative losses* implement ``__call__(D, batch)`` on the full-mode derivatives at
+  ``batch["x"]`` (:class:`MSE`, or a subclass for a nonlinear residual); all such terms of a sum
+  share ONE sweep of :func:`nnderiv.derivatives` of the largest ``order``;
+- *model losses* override ``value_and_grad(model, batch)`` and run their own sweeps
+  (:class:`OperatorMSE`: any nnderiv operator — the Laplacian, pure or mixed derivatives, a
+  Hessian-vector product — at any points of the batch); a sum adds their values and gradients.
+
+A physics-informed loss for ``-Delta u = f`` in the domain and ``u = g`` on its boundary:
+
+    OperatorMSE(nd.laplacian, "f", scale=-1.0) + 10.0 * OperatorMSE(nd.value, "g", points="x_boundary")
 """
 
 from __future__ import annotations
@@ -22,7 +35,7 @@ import numpy as np
 from . import _validation as check
 from .derivatives import derivatives
 from .errors import ConfigError, NonFiniteError, ShapeError
-from .operators import vjp
+from .operators import PLANNERS, supported, vjp
 
 _COMPONENT_ORDERS = {"value": 0, "jacobian": 1, "hessian": 2}
 
@@ -30,9 +43,10 @@ _COMPONENT_ORDERS = {"value": 0, "jacobian": 1, "hessian": 2}
 class Loss:
     """Base class: a scalar function of a model's derivatives at a batch, with its cotangent.
 
-    Subclasses set ``order`` (the derivative order they read) and implement
-    ``__call__(D, batch) -> (value, {k: cotangent of D.tensor(k)})``. Losses add, and scale by
-    real numbers.
+    A *derivative loss* sets ``order`` (the order of :func:`nnderiv.derivatives` it reads at
+    ``batch["x"]``) and implements ``__call__(D, batch) -> (value, {k: cotangent of
+    D.tensor(k)})``. A *model loss* overrides :meth:`value_and_grad` instead and sets ``order =
+    None`` (it reads no shared ``D``). Losses add, and scale by real numbers.
 
     >>> import nnderiv as nd
     >>> loss = nd.MSE("value", "y") + 0.1 * nd.MSE("jacobian", "dy")
@@ -66,6 +80,10 @@ class Loss:
         value, cotangent = self(D, batch)
         return value, pullback(cotangent)
 
+    def _reads_derivatives(self) -> bool:
+        """Whether this loss is evaluated on a shared ``D`` (True unless it overrides value_and_grad)."""
+        return type(self).value_and_grad is Loss.value_and_grad
+
     def weighted_terms(self) -> list[tuple[float, Loss]]:
         """``[(weight, loss), ...]`` whose weighted sum is this loss.
 
@@ -96,23 +114,54 @@ class Loss:
 
 
 class WeightedSum(Loss):
-    """``sum_i w_i L_i``: value and cotangent are the weighted sums of the terms'.
+    """``sum_i w_i L_i``: value and gradient are the weighted sums of the terms'.
 
-    Built by ``+`` and ``*`` on losses; rarely constructed directly.
+    Built by ``+`` and ``*`` on losses; rarely constructed directly. The derivative losses among
+    the terms share one sweep of :func:`nnderiv.derivatives` at ``batch["x"]`` of their largest
+    ``order`` (their cotangents are summed before the one pullback); every model loss
+    (:class:`OperatorMSE`, ...) runs its own ``value_and_grad``. ``order`` is that of the shared
+    sweep (``None`` when no term reads one).
 
     >>> import nnderiv as nd
     >>> loss = WeightedSum([(2.0, nd.MSE("value")), (1.0, nd.MSE((0, 0)))])
     >>> loss.order, len(loss.terms)
     (2, 2)
+    >>> (loss + OperatorMSE(nd.laplacian)).order   # the Laplacian runs its own sweep
+    2
     """
 
     def __init__(self, terms):
         self.terms = [(float(w), term) for w, term in terms]
         if not self.terms or not all(isinstance(term, Loss) for _, term in self.terms):
             raise ConfigError(f"WeightedSum needs a non-empty list of (weight, Loss) pairs, got {terms!r}")
-        self.order = max(term.order for _, term in self.terms)
+        shared = [term.order for _, term in self.terms if term._reads_derivatives()]
+        self.order = max(shared) if shared else None
+
+    def value_and_grad(self, model, batch):
+        """One shared sweep for the derivative losses, then each model loss's own; weighted sums."""
+        shared = [(w, term) for w, term in self.terms if term._reads_derivatives()]
+        if len(shared) == len(self.terms):
+            return super().value_and_grad(model, batch)
+        parts = [(w, term.value_and_grad(model, batch)) for w, term in self.terms if not term._reads_derivatives()]
+        if shared:
+            parts.append((1.0, WeightedSum(shared).value_and_grad(model, batch)))
+        total, grads = 0.0, {}
+        for w, (value, term_grads) in parts:
+            total += w * value
+            for name, grad in term_grads.items():
+                grads[name] = grads[name] + w * grad if name in grads else w * grad
+        return total, grads
+
+    def _reads_derivatives(self):
+        return all(term._reads_derivatives() for _, term in self.terms)
 
     def __call__(self, D, batch):
+        for _, term in self.terms:
+            if not term._reads_derivatives():
+                raise ConfigError(
+                    f"{term!r} is evaluated on the model, not on derivatives D: call "
+                    "loss.value_and_grad(model, batch) for a sum that contains it"
+                )
         total, cotangent = 0.0, {}
         for weight, term in self.terms:
             value, term_cotangent = term(D, batch)
@@ -201,6 +250,124 @@ class MSE(Loss):
 
     def __repr__(self):
         return f"MSE({self.component!r}, {self.target!r})"
+
+
+class OperatorMSE(Loss):
+    """Mean squared error of any nnderiv operator of the model, at any points of the batch.
+
+    ``L = mean((scale * fn(model, batch[points], **fn_kwargs)[select] - batch[target])^2)`` over
+    all entries; its gradient is the hand-written pullback of ``nd.vjp(fn, ...)`` applied to
+    ``dL/d out = 2 scale (residual) / residual.size`` (zero outside ``select``). One sweep of
+    ``fn``'s own mode: ``d + 2`` rows for the Laplacian instead of the full Hessian's
+    ``C(d + 2, 2)``.
+
+    Parameters
+    ----------
+    fn : callable
+        An nnderiv operator with a pullback whose output is an array: ``nd.value``,
+        ``nd.jacobian``, ``nd.hessian``, ``nd.laplacian``, ``nd.hvp``, ``nd.taylor``,
+        ``nd.pure_derivatives``, ``nd.mixed_partial``, ``nd.divergence``, ``nd.biharmonic``
+        (``nd.vjp.supported()``); for components of ``nd.derivatives`` use :class:`MSE`.
+    target : str or None
+        The key of the batch array with the target, of exactly the (selected) output's shape;
+        ``None`` for a residual that should vanish.
+    points : str
+        The key of the batch array with the points ``(N, d)`` where ``fn`` is evaluated, e.g.
+        ``"x_boundary"`` for a boundary condition (:func:`nnderiv.fit` needs every array of the
+        data to have as many rows as ``data["x"]``).
+    scale : real
+        Multiplies the output: ``scale=-1.0`` with ``nd.laplacian`` is ``-Delta u``.
+    select : index or None
+        Applied to the output before the comparison, e.g. ``(..., 3)`` keeps the third
+        derivatives of ``nd.pure_derivatives(..., order=3)``, ``(..., 0)`` the first column.
+    **fn_kwargs
+        Passed to ``fn``: ``order=``, ``weights=``, ``v=``, ``indices=``, ``chunk_size=``, ...
+        (the same for every batch).
+
+    >>> import numpy as np, nnderiv as nd
+    >>> model = nd.MLP([2, 16, 1], activation="tanh", seed=0)
+    >>> rng = np.random.default_rng(0)
+    >>> x, x_boundary = rng.uniform(0, 1, (8, 2)), rng.uniform(0, 1, (8, 2)).round()
+    >>> batch = {"x": x, "f": np.ones((8, 1)), "x_boundary": x_boundary, "g": np.zeros((8, 1))}
+    >>> poisson = OperatorMSE(nd.laplacian, "f", scale=-1.0) + 10.0 * OperatorMSE(nd.value, "g", points="x_boundary")
+    >>> value, grads = poisson.value_and_grad(model, batch)
+    >>> expected = np.mean((-nd.laplacian(model, x) - 1.0) ** 2) + 10.0 * np.mean(model(x_boundary) ** 2)
+    >>> bool(np.isclose(value, expected)), sorted(grads) == sorted(model.params)
+    (True, True)
+    >>> third = OperatorMSE(nd.pure_derivatives, order=3, select=(..., 3))   # d^3 u / dx_i^3 -> 0
+    >>> third
+    OperatorMSE(nd.pure_derivatives, None, points='x', scale=1.0, select=(Ellipsis, 3), order=3)
+    """
+
+    order = None  # reads no shared derivatives: it runs its own sweep of fn
+
+    def __init__(self, fn, target: str | None = None, *, points="x", scale: float = 1.0, select=None, **fn_kwargs):
+        if fn is derivatives:
+            raise ConfigError("nd.derivatives returns a Derivatives, not an array: use nd.MSE(component, target)")
+        if fn not in PLANNERS:
+            raise ConfigError(f"fn must be an nnderiv operator with a pullback ({', '.join(supported())}), got {fn!r}")
+        if target is not None and not isinstance(target, str):
+            raise ConfigError(f"target must be the name of a batch array or None, got {target!r}")
+        if not isinstance(points, str):
+            raise ConfigError(f"points must be the name of a batch array, got {points!r}")
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not np.isfinite(scale):
+            raise ConfigError(f"scale must be a finite real number, got {scale!r}")
+        if "wrt" in fn_kwargs:
+            raise ConfigError("OperatorMSE differentiates with respect to the parameters; wrt cannot be set")
+        self.fn, self.target, self.points, self.scale = fn, target, points, float(scale)
+        self.select, self.fn_kwargs = select, fn_kwargs
+
+    def value_and_grad(self, model, batch: Mapping) -> tuple[float, dict[str, np.ndarray]]:
+        """The loss at ``batch`` and its gradient ``{param name: array}`` w.r.t. ``model.params``."""
+        out, pullback = vjp(self.fn, model, _batch_array(batch, self.points, self), **self.fn_kwargs)
+        residual = self.scale * self._selected(out)
+        if self.target is not None:
+            target = check.real_array(
+                _batch_array(batch, self.target, self), f"target batch[{self.target!r}]", out.dtype
+            )
+            if target.shape != residual.shape:
+                raise ShapeError(
+                    f"target batch[{self.target!r}] must have the shape of the output of {self._name()}"
+                    f"{'' if self.select is None else '[select]'} {residual.shape}, got {target.shape}"
+                )
+            residual = residual - target
+        out_bar = (2.0 * self.scale / residual.size) * residual
+        if self.select is not None:  # the adjoint of indexing: scatter, adding where an index repeats
+            out_bar, selected_bar = np.zeros_like(out), out_bar
+            np.add.at(out_bar, self.select, selected_bar)
+        return float(np.mean(residual**2)), pullback(out_bar)
+
+    def __call__(self, D, batch):
+        raise ConfigError(
+            f"{self!r} is evaluated on the model, not on derivatives D: call value_and_grad(model, batch)"
+        )
+
+    def _selected(self, out) -> np.ndarray:
+        if not isinstance(out, np.ndarray):
+            raise ConfigError(f"{self._name()} does not return an array; OperatorMSE cannot compare it")
+        if self.select is None:
+            return out
+        try:
+            return out[self.select]
+        except (IndexError, TypeError) as error:
+            raise ShapeError(
+                f"select={self.select!r} does not index the output of {self._name()} of shape {out.shape}: {error}"
+            ) from None
+
+    def _name(self) -> str:
+        return f"nd.{getattr(self.fn, '__name__', repr(self.fn))}"
+
+    def __repr__(self):
+        options = f", select={self.select!r}" if self.select is not None else ""
+        options += "".join(f", {key}={value!r}" for key, value in self.fn_kwargs.items())
+        return f"OperatorMSE({self._name()}, {self.target!r}, points={self.points!r}, scale={self.scale!r}{options})"
+
+
+def _batch_array(batch, key: str, loss):
+    if not isinstance(batch, Mapping) or key not in batch:
+        keys = sorted(batch) if isinstance(batch, Mapping) else _describe(batch)
+        raise ConfigError(f"{loss!r} needs batch[{key!r}], but the batch has {keys}")
+    return batch[key]
 
 
 def _parse_component(component) -> tuple[int, tuple[int, ...] | None]:

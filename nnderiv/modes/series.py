@@ -128,9 +128,9 @@ class SeriesMode:
     # --- memory estimate ------------------------------------------------------------------------
 
     def elementwise_rows(self) -> int:
-        """Rows of ``(N, width)`` arrays alive during one activation step."""
-        pairs = self.table.series_product(1).target.size if self.order >= 2 else 0
-        return (self.order + 1) * self.n_rows + self.order + 2 + 2 * pairs
+        """Rows of ``(N, width)`` arrays alive during one activation step: input, output, powers,
+        one product buffer (at most a stack), and the ``a_j``."""
+        return (self.order + 2) * self.n_rows + self.order + 2
 
     def elementwise_saved_rows(self) -> int:
         """Rows kept by one activation step for the pullback: the powers and the ``a_j``."""
