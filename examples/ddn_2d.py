@@ -22,8 +22,6 @@ def main():
     print(format_table(results))
     for r in results:
         print(f"type {r.loss_type} / {r.activation}: {r.seconds:.1f} s")
-    if args.plot:
-        plot_profiles(results, "1d", args.plot)
 
 
 if __name__ == "__main__":
