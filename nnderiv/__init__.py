@@ -11,6 +11,7 @@ from . import losses, optim
 from ._validation import MAX_ORDER
 from .activations import ACTIVATIONS, get_activation
 from .config import get_memory_limit, memory_limit, set_memory_limit
+from .crosscheck import Report, crosscheck
 from .derivatives import Derivatives, derivatives, divergence, hessian, jacobian, value
 from .errors import (
     ArchitectureError,
@@ -26,6 +27,7 @@ from .errors import (
     ShapeError,
     UnknownActivationError,
 )
+from .interop import from_arrays, from_onnx, from_torch, to_onnx, to_torch
 from .io import load, save
 from .layers import (
     ELU,
@@ -108,4 +110,11 @@ __all__ = [
     "losses",
     "optim",
     "save",
+    "Report",
+    "crosscheck",
+    "from_arrays",
+    "from_onnx",
+    "from_torch",
+    "to_onnx",
+    "to_torch",
 ]

@@ -1,4 +1,5 @@
-"""The ``nnderiv`` command: ``nnderiv demo`` trains the Deep Differential Network examples briefly."""
+"""The ``nnderiv`` command: ``nnderiv demo`` trains the Deep Differential Network examples briefly;
+``nnderiv check MODEL`` cross-checks a saved model's derivatives against PyTorch or JAX."""
 
 from __future__ import annotations
 
@@ -22,6 +23,38 @@ def _demo(args) -> int:
     return 0
 
 
+def _check(args) -> int:
+    """Print the cross-check table; exit 0 if every quantity agrees, 1 if not, 2 if it could not run."""
+    import numpy as np
+
+    from .crosscheck import crosscheck, load_model, with_dtype
+    from .errors import NnderivError
+
+    try:
+        model, _ = load_model(args.model)
+        model = with_dtype(model, args.dtype) if args.dtype else model
+        if args.against in ("torch", "jax"):
+            reference = args.against
+            x = np.random.default_rng(args.seed).uniform(-1, 1, (args.points, model.n_inputs))
+        else:  # a file of reference arrays, with the points they were computed at
+            with np.load(args.against, allow_pickle=False) as archive:
+                reference = {key: archive[key] for key in archive.files}
+            x = reference.get("x")
+            if x is None:
+                raise NnderivError(f"{args.against!r} has no array 'x' (the points of the reference arrays)")
+        report = crosscheck(model, x, reference, args.order, params=not args.no_params, seed=args.seed)
+    except (NnderivError, ImportError, OSError, ValueError) as exc:
+        print(f"nnderiv check: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        from rich import print as rich_print
+    except ImportError:
+        print(report)
+    else:
+        rich_print(report)
+    return 0 if report.ok else 1
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="nnderiv", description=__doc__)
     parser.add_argument("--version", action="version", version=f"nnderiv {__version__}")
@@ -34,6 +67,23 @@ def main(argv=None) -> int:
     demo.add_argument("--no-plot", action="store_true")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(run=_demo)
+    check = commands.add_parser(
+        "check",
+        help="cross-check a model's outputs, input derivatives and parameter gradients against PyTorch or JAX",
+        description="Exit status: 0 if every quantity agrees within its tolerance, 1 if not, 2 on error.",
+    )
+    check.add_argument("model", help="an nnderiv .npz file or an .onnx file")
+    check.add_argument("--order", type=int, default=2, help="highest derivative order (default 2)")
+    check.add_argument("--points", type=int, default=1000, help="points drawn uniformly in [-1, 1]^d")
+    check.add_argument(
+        "--against",
+        default="torch",
+        help="torch (default), jax, or an .npz file of reference arrays ('value', 'hessian', ...) and their points 'x'",
+    )
+    check.add_argument("--seed", type=int, default=0, help="seed of the points and of the gradient loss")
+    check.add_argument("--dtype", choices=["float32", "float64"], help="cast the model first")
+    check.add_argument("--no-params", action="store_true", help="skip the parameter gradients")
+    check.set_defaults(run=_check)
     args = parser.parse_args(argv)
     return args.run(args)
 
