@@ -49,7 +49,7 @@ def real_array(value, what: str, dtype: np.dtype) -> np.ndarray:
     array = np.asarray(value)
     if array.dtype.kind not in "fiu" or array.dtype == np.bool_:
         raise DTypeError(f"{what} must be a real floating-point array, got dtype {array.dtype}")
-    array = np.ascontiguousarray(array, dtype=dtype)
+    array = np.asarray(array, dtype=dtype, order="C")  # keeps 0-d arrays 0-d: nothing reshaped
     if not np.isfinite(array).all():
         bad = np.argwhere(~np.isfinite(array))[0]
         raise NonFiniteError(f"{what} contains NaN or Inf (first at index {tuple(int(i) for i in bad)})")

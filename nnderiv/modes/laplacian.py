@@ -56,10 +56,13 @@ def _factor(A: np.ndarray):
         pos, neg = lam > tol, lam < -tol
         directions = np.concatenate([scaled[:, pos].T, scaled[:, neg].T])
         return (directions if len(directions) else np.zeros((1, A.shape[0]), A.dtype)), int(neg.sum())
-    # per point: positive parts first, then (if any point needs them) negative parts
-    positive = np.where(lam >= 0, 1.0, 0.0)[:, None, :] * scaled
-    negative = np.where(lam < 0, 1.0, 0.0)[:, None, :] * scaled
-    parts = [positive] + ([negative] if (lam < 0).any() else [])
+    # per point: positive parts first, then (if any point needs them) negative parts; eigenvalues
+    # within rounding of zero count as zero, so a PSD A stays on the cheaper positive-only path
+    tol = A.shape[-1] * np.finfo(A.dtype).eps * np.abs(lam).max(axis=-1, keepdims=True)
+    negative_mask = lam < -tol
+    positive = np.where(negative_mask, 0.0, 1.0)[:, None, :] * scaled
+    negative = np.where(negative_mask, 1.0, 0.0)[:, None, :] * scaled
+    parts = [positive] + ([negative] if negative_mask.any() else [])
     directions = np.concatenate([p.transpose(2, 0, 1) for p in parts])  # (n_dir, N, d)
     return np.ascontiguousarray(directions), (A.shape[-1] if len(parts) == 2 else 0)
 
@@ -91,8 +94,8 @@ def laplacian(model, x, weights=None, *, chunk_size: int | None = None) -> np.nd
     """``sum_i d^2 f / dx_i^2`` at every point, shape ``(N, m)``, in ``d + 2`` stacked rows.
 
     With ``weights=A`` (symmetric ``(d, d)``, or per point ``(N, d, d)``), returns
-    ``sum_ij A_ij d^2 f / dx_i dx_j`` instead, from ``rank(A) + 2`` rows (``+1`` if ``A`` is
-    indefinite).
+    ``sum_ij A_ij d^2 f / dx_i dx_j`` instead, from ``rank(A) + 2`` rows for one shared ``A``
+    (``+1`` if it is indefinite), ``d + 2`` rows per-point (``2 d + 3`` if some ``A`` is indefinite).
 
     >>> import numpy as np, nnderiv as nd
     >>> model = nd.MLP([3, 16, 1], activation="tanh", seed=0)

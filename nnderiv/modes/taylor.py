@@ -149,8 +149,9 @@ def _solve_exact(A: list, b: list) -> list:
 
 
 def _taylor_rows(alpha) -> int:
+    """Stacked rows of the Taylor route: ``1 + k C(n + k - 1, k)`` for ``n`` inputs involved."""
     involved = sum(1 for a in alpha if a)
-    return 1 + n_coefficients(involved, sum(alpha)) * sum(alpha) if involved else 1
+    return 1 + n_coefficients(involved - 1, sum(alpha)) * sum(alpha) if involved else 1
 
 
 def _plan_mixed(model, x, *, for_vjp, alpha, strategy="auto") -> Plan:
@@ -158,7 +159,7 @@ def _plan_mixed(model, x, *, for_vjp, alpha, strategy="auto") -> Plan:
         raise ConfigError(f"strategy must be 'auto', 'full' or 'taylor', got {strategy!r}")
     k, d = sum(alpha), len(alpha)
     full_rows = n_coefficients(d, k)
-    if strategy == "full" or (strategy == "auto" and full_rows <= _taylor_rows(alpha)):
+    if k == 0 or strategy == "full" or (strategy == "auto" and full_rows <= _taylor_rows(alpha)):
         return _plan_mixed_full(model, x, for_vjp, alpha)
     involved = [i for i, a in enumerate(alpha) if a]
     js, weights = interpolation_weights(tuple(alpha[i] for i in involved))
@@ -238,7 +239,7 @@ def _plan_biharmonic(model, x, *, for_vjp) -> Plan:
     d = model.n_inputs
     eye = np.eye(d)
     pairs = [(i, j) for i in range(d) for j in range(i + 1, d)]
-    V = np.concatenate([eye, [eye[i] + eye[j] for i, j in pairs], [eye[i] - eye[j] for i, j in pairs]]).reshape(-1, d)
+    V = np.array([*eye, *(eye[i] + eye[j] for i, j in pairs), *(eye[i] - eye[j] for i, j in pairs)])
     w = np.concatenate([np.full(d, 1.0 - (d - 1) / 3.0), np.full(2 * len(pairs), 1.0 / 6.0)])
     return _plan_combination(model, x, for_vjp, V.astype(model.dtype), 4, w)
 
