@@ -7,9 +7,10 @@
 (4, 1, 2, 2)
 """
 
-from . import losses, optim
+from . import losses, optim, plot
 from ._validation import MAX_ORDER
 from .activations import ACTIVATIONS, get_activation
+from .backends import get_backend, set_backend, use_backend
 from .config import get_memory_limit, memory_limit, set_memory_limit
 from .crosscheck import Report, crosscheck
 from .derivatives import Derivatives, derivatives, divergence, hessian, jacobian, value
@@ -44,7 +45,7 @@ from .layers import (
     Softplus,
     Tanh,
 )
-from .losses import MSE, Loss
+from .losses import MSE, Loss, OperatorMSE
 from .modes.hvp import hvp
 from .modes.laplacian import laplacian
 from .modes.taylor import biharmonic, mixed_partial, pure_derivatives, taylor
@@ -109,7 +110,12 @@ __all__ = [
     "load",
     "losses",
     "optim",
+    "plot",
     "save",
+    "OperatorMSE",
+    "get_backend",
+    "set_backend",
+    "use_backend",
     "Report",
     "crosscheck",
     "from_arrays",

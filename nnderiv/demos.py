@@ -124,29 +124,35 @@ def format_table(results) -> str:
 
 
 def plot_profiles(results, problem="1d", path="ddn_profiles.png") -> str:
-    """Plot f, f' and f'' of each trained 1-d network against the truth (needs matplotlib)."""
-    try:
-        import matplotlib
+    """Plot f, df/dx_0 and d²f/dx_0² of each trained network along x_0 (the other inputs at 0)
+    against the truth, with :func:`nnderiv.plot.profiles`; returns the path (needs matplotlib)."""
+    from .errors import ConfigError
+    from .plot import _pyplot, profiles
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError("plotting needs matplotlib: pip install 'nnderiv[plot]'") from None
+    plt = _pyplot()  # raises the ImportError naming the 'plot' extra when matplotlib is missing
+    if not results:
+        raise ConfigError("plot_profiles needs at least one trained Result")
     problem = PROBLEMS[problem] if isinstance(problem, str) else problem
-    x = _grid(problem, 400)[: 400 if problem.d == 1 else None]
-    truth = [problem.f(x)[:, 0], problem.jacobian(x)[:, 0, 0], problem.hessian(x)[:, 0, 0, 0]]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
-    for ax, exact, title in zip(axes, truth, ["f", "df/dx", "d²f/dx²"]):
-        ax.plot(x[:, 0], exact, "k", lw=3, alpha=0.3, label="exact")
-        ax.set_title(title)
-    with warnings.catch_warnings():
+    line = {"x0": np.zeros(problem.d), "direction": np.eye(problem.d)[0], "t": np.linspace(-np.pi, np.pi, 400)}
+    truth = {  # along x_0: the value, the first Jacobian column, the (0, 0) Hessian entry
+        0: problem.f,
+        1: lambda x: problem.jacobian(x)[:, :, 0],
+        2: lambda x: problem.hessian(x)[:, :, 0, 0],
+    }
+    with warnings.catch_warnings():  # the ReLU second derivative is zero a.e.: showing that is the point
         warnings.simplefilter("ignore", NnderivWarning)
-        for r in results:
-            D = derivatives(r.model, x, order=2)
-            label = f"type {r.loss_type} / {r.activation}"
-            for ax, values in zip(axes, [D.value[:, 0], D.jacobian[:, 0, 0], D.hessian[:, 0, 0, 0]]):
-                ax.plot(x[:, 0], values, lw=1, label=label)
-    axes[0].legend(fontsize=7)
+        fig = profiles(results[0].model, **line, truth=truth, label=_label(results[0]))
+        for r in results[1:]:
+            profiles(r.model, **line, ax=fig.axes, label=_label(r))
+    fig.suptitle(f"{problem.name}: networks against the exact derivatives", fontsize=10)
+    for panel, title in zip(fig.axes, ["$f$", "$\\partial f / \\partial x_0$", "$\\partial^2 f / \\partial x_0^2$"]):
+        panel.set_title(title)
+        panel.set_xlabel("$x_0$")
+    fig.axes[0].legend(fontsize=7)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return str(path)
+
+
+def _label(result: Result) -> str:
+    return f"type {result.loss_type} / {result.activation}"

@@ -1,40 +1,67 @@
-"""Array kernels of the NumPy reference backend.
+"""The kernels every mode calls, each forwarded to the active backend (:mod:`nnderiv.backends`).
 
-The hot loops of every mode are expressed through these few functions, so that a faster backend
-replaces them one by one with the same signatures (``numpy`` stays the oracle).
+Mode code calls ``kernels.affine(...)``, never a backend module, so it is written once; a backend
+module implements the same signatures (``numpy`` is the reference: see
+:mod:`nnderiv.backends.numpy_backend` for what each kernel computes). The lookup of the active
+backend is two dictionary reads per kernel call, nothing next to the kernel itself.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
-from .combinatorics import SparseBilinear
-
-
-def bilinear(a: np.ndarray, b: np.ndarray, table: SparseBilinear) -> np.ndarray:
-    """``out[table.target[p]] += a[table.left[p]] * b[table.right[p]]`` for every pair ``p``.
-
-    ``a`` and ``b`` are stacks ``(rows, N, width)``; returns ``(table.n_out, N, width)``. The pairs
-    come in runs of consecutive rows (:attr:`SparseBilinear.runs`), each one multiply-add on
-    contiguous slices into a reused buffer: no gather, no temporary the size of all pairs.
-    """
-    out = np.zeros((table.n_out, *a.shape[1:]), dtype=a.dtype)
-    runs = table.runs
-    if len(runs):
-        buffer = np.empty((int(runs[:, 3].max()), *a.shape[1:]), dtype=a.dtype)
-        for l0, r0, t0, n in runs.tolist():
-            product = np.multiply(a[l0 : l0 + n], b[r0 : r0 + n], out=buffer[:n])
-            out[t0 : t0 + n] += product
-    return out
+from . import backends
+from .errors import BackendError
 
 
-def affine(stack: np.ndarray, W: np.ndarray) -> np.ndarray:
-    """``stack @ W`` over the last axis as ONE matrix product on ``(rows * N, n_in)``."""
-    rows, n, n_in = stack.shape
-    return (stack.reshape(rows * n, n_in) @ W).reshape(rows, n, W.shape[1])
+def asarray(array):
+    """``array`` where the active backend keeps its arrays (host memory, or the GPU for cupy)."""
+    return backends.active().asarray(array)
 
 
-def affine_weight_grad(stack: np.ndarray, stack_out_bar: np.ndarray) -> np.ndarray:
-    """``sum over rows and points of stack^T @ stack_out_bar``: the weight cotangent, ONE product."""
-    n_in, n_out = stack.shape[-1], stack_out_bar.shape[-1]
-    return stack.reshape(-1, n_in).T @ stack_out_bar.reshape(-1, n_out)
+def activation_derivatives(activation, z, k: int):
+    """``[g(z), g'(z), ..., g^(k)(z)]``, shape ``(k + 1, *z.shape)``, on the backend's arrays."""
+    return backends.active().activation_derivatives(activation, z, k)
+
+
+def affine(stack, W):
+    """``stack @ W`` over the last axis, ONE matrix product; ``W`` must live where the backend runs."""
+    backend = backends.active()
+    if backends.is_device_array(W) != backend.ON_DEVICE:
+        raise BackendError(_placement_message(backend.ON_DEVICE))
+    return backend.affine(stack, W)
+
+
+def _placement_message(backend_on_device: bool) -> str:
+    if backend_on_device:
+        return (
+            f"the active backend is {backends.get_backend()!r} but the model's parameters are NumPy "
+            "arrays: call model.to('cupy') first"
+        )
+    return (
+        f"the model's parameters are CuPy arrays but the active backend is {backends.get_backend()!r}: "
+        "call nd.set_backend('cupy'), or model.to('numpy') to bring them back"
+    )
+
+
+def affine_weight_grad(stack, z_bar):
+    """``sum over rows and points of stack^T @ z_bar``: the weight cotangent, one product."""
+    return backends.active().affine_weight_grad(stack, z_bar)
+
+
+def bilinear(a, b, table):
+    """``out[table.target[p]] += a[table.left[p]] * b[table.right[p]]`` for every pair ``p``."""
+    return backends.active().bilinear(a, b, table)
+
+
+def compose(stack, a, table, order: int):
+    """The activation step ``a_0`` on row 0, ``sum_j a_j delta^j`` elsewhere (nothing saved)."""
+    return backends.active().compose(stack, a, table, order)
+
+
+def compose_saving(stack, a, table, order: int):
+    """:func:`compose` and the powers ``delta^2 .. delta^K``, ``(order - 1, *stack.shape)``."""
+    return backends.active().compose_saving(stack, a, table, order)
+
+
+def compose_vjp(out_bar, stack, powers, a, table, order: int):
+    """Pullback of :func:`compose` to the input stack (``a`` holds orders ``0 .. order + 1``)."""
+    return backends.active().compose_vjp(out_bar, stack, powers, a, table, order)

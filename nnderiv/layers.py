@@ -160,11 +160,44 @@ class Sequential(Layer):
             else:
                 layer.params[key] = np.asarray(value, dtype=self.dtype)
 
+    def to(self, backend: str) -> Sequential:
+        """Move every parameter array to where ``backend`` keeps its arrays; returns the model.
+
+        ``"cupy"``: GPU memory (CuPy arrays); ``"numpy"`` or ``"numba"``: host memory (NumPy
+        arrays). The kernels run on the backend chosen with :func:`nnderiv.set_backend`; a model
+        whose arrays live elsewhere raises :class:`~nnderiv.BackendError` naming both fixes.
+
+        >>> model = MLP([2, 4, 1], seed=0).to("numpy")
+        >>> type(model.params["0.W"]).__name__
+        'ndarray'
+        """
+        from .backends import load
+
+        module = load(backend)
+        for layer in self.layers:
+            if isinstance(layer, Sequential):
+                layer.to(backend)
+            else:
+                layer.params = {name: module.asarray(value) for name, value in layer.params.items()}
+        return self
+
     def save(self, path) -> None:
         """Save parameters and architecture to one ``.npz`` file, atomically: see :func:`nnderiv.save`."""
         from .io import save
 
         save(self, path)
+
+    def to_torch(self):
+        """The same network as a ``torch.nn.Sequential``: see :func:`nnderiv.to_torch`."""
+        from .interop import to_torch
+
+        return to_torch(self)
+
+    def to_onnx(self, path, *, opset: int = 18) -> None:
+        """Write the network as an ONNX file: see :func:`nnderiv.to_onnx`."""
+        from .interop import to_onnx
+
+        to_onnx(self, path, opset=opset)
 
     def forward(self, mode, stack):
         saved = []

@@ -56,7 +56,7 @@ class Loss:
     1.0 * MSE('value', 'y') + 0.1 * MSE('jacobian', 'dy')
     """
 
-    order: int = 0
+    order: int | None = 0
 
     def __call__(self, D, batch: Mapping) -> tuple[float, dict[int, np.ndarray]]:
         raise NotImplementedError  # pragma: no cover - abstract

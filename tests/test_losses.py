@@ -209,3 +209,214 @@ def test_value_and_grad_needs_a_batch_with_x():
     model, _ = model_and_batch()
     with pytest.raises(nd.NnderivError, match="'x'"):
         nd.MSE("value").value_and_grad(model, {"y": np.zeros((3, 2))})
+
+
+# ------------------------------------------------------------------ OperatorMSE: any operator, any points
+
+OperatorMSE = nd.losses.OperatorMSE
+
+OPERATOR_LOSSES = {  # name: (loss, the same loss written out with the public operators)
+    "poisson": (
+        OperatorMSE(nd.laplacian, "y", scale=-1.0),
+        lambda m, b: np.mean((-nd.laplacian(m, b["x"]) - b["y"]) ** 2),
+    ),
+    "boundary": (
+        OperatorMSE(nd.value, "y", points="xb"),
+        lambda m, b: np.mean((m(b["xb"]) - b["y"]) ** 2),
+    ),
+    "weighted laplacian": (
+        OperatorMSE(nd.laplacian, weights=np.array([[2.0, 1.0], [1.0, -1.0]])),
+        lambda m, b: np.mean(np.einsum("ij,nmij->nm", [[2.0, 1.0], [1.0, -1.0]], nd.hessian(m, b["x"])) ** 2),
+    ),
+    "jacobian column": (
+        OperatorMSE(nd.jacobian, "y", scale=0.5, select=(..., 1)),
+        lambda m, b: np.mean((0.5 * nd.jacobian(m, b["x"])[..., 1] - b["y"]) ** 2),
+    ),
+    "pure third": (
+        OperatorMSE(nd.pure_derivatives, order=3, select=(..., 3)),
+        lambda m, b: np.mean(nd.pure_derivatives(m, b["x"], order=3)[..., 3] ** 2),
+    ),
+    "mixed": (
+        OperatorMSE(nd.mixed_partial, "f01", points="xb", indices=(0, 0, 1)),
+        lambda m, b: np.mean((nd.mixed_partial(m, b["xb"], (0, 0, 1)) - b["f01"]) ** 2),
+    ),
+    "hvp": (
+        OperatorMSE(nd.hvp, "dy", v=np.array([1.0, -2.0])),
+        lambda m, b: np.mean((nd.hvp(m, b["x"], np.array([1.0, -2.0])) - b["dy"]) ** 2),
+    ),
+    "taylor": (
+        OperatorMSE(nd.taylor, directions=[[1.0, 1.0]], order=2),
+        lambda m, b: np.mean(nd.taylor(m, b["x"], [[1.0, 1.0]], order=2) ** 2),
+    ),
+    "divergence": (OperatorMSE(nd.divergence), lambda m, b: np.mean(nd.divergence(m, b["x"]) ** 2)),
+    "biharmonic": (OperatorMSE(nd.biharmonic), lambda m, b: np.mean(nd.biharmonic(m, b["x"]) ** 2)),
+    "repeated select": (  # an index used twice: the pullback must add, not overwrite
+        OperatorMSE(nd.value, select=(slice(None), [0, 0, 1])),
+        lambda m, b: np.mean(m(b["x"])[:, [0, 0, 1]] ** 2),
+    ),
+}
+
+
+def operator_batch():
+    model, batch = model_and_batch()
+    batch["xb"] = np.random.default_rng(5).uniform(-1, 1, (7, 2))
+    return model, batch
+
+
+def assert_gradient_matches_central_differences(loss, model, batch, grads, seed=4):
+    params = {k: v.copy() for k, v in model.params.items()}
+    rng = np.random.default_rng(seed)
+    h = 1e-5  # central differences: error O(h^2) ~ 1e-10 relative to the curvature of the loss
+    for _ in range(3):
+        direction = {k: rng.normal(size=p.shape) for k, p in params.items()}
+        values = []
+        for sign in (1, -1):
+            model.set_params({k: p + sign * h * direction[k] for k, p in params.items()})
+            values.append(loss.value_and_grad(model, batch)[0])
+        directional = sum(float(np.sum(grads[k] * direction[k])) for k in params)
+        assert directional == pytest.approx((values[0] - values[1]) / (2 * h), rel=1e-6, abs=1e-9)
+    model.set_params(params)
+
+
+@pytest.mark.parametrize("name", sorted(OPERATOR_LOSSES))
+def test_operator_mse_value_is_the_formula_and_its_gradient_matches_central_differences(name):
+    loss, formula = OPERATOR_LOSSES[name]
+    model, batch = operator_batch()
+    value, grads = loss.value_and_grad(model, batch)
+    assert value == pytest.approx(formula(model, batch), rel=1e-12)
+    assert {k: g.shape for k, g in grads.items()} == {k: p.shape for k, p in model.params.items()}
+    assert_gradient_matches_central_differences(loss, model, batch, grads)
+
+
+def test_operator_mse_laplacian_agrees_with_the_trace_of_the_full_hessian_loss():
+    """The same loss through two modes: collapsed Laplacian (OperatorMSE) and full Hessian (MSE)."""
+
+    class TraceMSE(nd.Loss):
+        order = 2
+
+        def __call__(self, D, batch):
+            trace = np.trace(D.hessian, axis1=2, axis2=3)
+            cot = (2.0 / trace.size) * trace
+            return float(np.mean(trace**2)), {2: cot[:, :, None, None] * np.eye(D.n_inputs)}
+
+    model, batch = operator_batch()
+    value, grads = OperatorMSE(nd.laplacian).value_and_grad(model, batch)
+    full_value, full_grads = TraceMSE().value_and_grad(model, batch)
+    assert value == pytest.approx(full_value, rel=1e-12)
+    for name in grads:
+        np.testing.assert_allclose(grads[name], full_grads[name], rtol=1e-10, atol=1e-13)
+
+
+def test_mixed_sums_add_values_and_gradients_of_both_kinds_of_terms():
+    model, batch = operator_batch()
+    a, b = nd.MSE("value", "y"), nd.MSE("jacobian", "dy")
+    c, d = OperatorMSE(nd.laplacian, "y", scale=-1.0), OperatorMSE(nd.value, points="xb")
+    loss = a + 0.1 * c + 2.0 * b + d * 3
+    assert loss.order == 1  # the shared sweep: the Laplacian runs its own
+    value, grads = loss.value_and_grad(model, batch)
+    parts = [(1.0, a), (0.1, c), (2.0, b), (3.0, d)]
+    results = [(w, term.value_and_grad(model, batch)) for w, term in parts]
+    assert value == pytest.approx(sum(w * v for w, (v, _) in results), rel=1e-13)
+    for name in grads:
+        expected = sum(w * g[name] for w, (_, g) in results)
+        np.testing.assert_allclose(grads[name], expected, rtol=1e-12, atol=1e-15)
+    assert_gradient_matches_central_differences(loss, model, batch, grads)
+
+
+def test_a_mixed_sum_shares_one_derivatives_sweep_among_its_mse_terms(monkeypatch):
+    import nnderiv.losses as losses_module
+
+    calls = []
+
+    def counting_vjp(fn, *args, **kwargs):
+        calls.append((fn.__name__, kwargs.get("order")))
+        return nd.vjp(fn, *args, **kwargs)
+
+    monkeypatch.setattr(losses_module, "vjp", counting_vjp)
+    model, batch = operator_batch()
+    loss = nd.MSE("value", "y") + nd.MSE((0, 1), "f01") + OperatorMSE(nd.laplacian) + nd.MSE("jacobian", "dy")
+    loss.value_and_grad(model, batch)
+    assert sorted(calls) == [("derivatives", 2), ("laplacian", None)]
+
+
+def test_model_losses_defined_by_value_and_grad_compose():
+    class Weights(nd.Loss):  # an L2 penalty on the parameters: a model loss without operators
+        order = None
+
+        def value_and_grad(self, model, batch):
+            return sum(float(np.sum(p**2)) for p in model.params.values()), {k: 2 * p for k, p in model.params.items()}
+
+    model, batch = operator_batch()
+    loss = nd.MSE("value", "y") + 1e-3 * Weights()
+    value, grads = loss.value_and_grad(model, batch)
+    mse, mse_grads = nd.MSE("value", "y").value_and_grad(model, batch)
+    assert value == pytest.approx(mse + 1e-3 * sum(np.sum(p**2) for p in model.params.values()), rel=1e-13)
+    np.testing.assert_allclose(grads["0.W"], mse_grads["0.W"] + 2e-3 * model.params["0.W"], rtol=1e-12)
+    assert (Weights() + OperatorMSE(nd.value)).order is None
+
+
+def test_operator_mse_in_float32_stays_float32():
+    model, batch = model_and_batch("float32")
+    value, grads = OperatorMSE(nd.laplacian, "y", scale=-1.0).value_and_grad(model, batch)
+    assert np.isfinite(value) and all(g.dtype == np.float32 for g in grads.values())
+
+
+def test_fit_trains_a_boundary_value_problem_with_operator_losses():
+    rng = np.random.default_rng(6)
+    x, xb = rng.uniform(0, 1, (32, 1)), rng.integers(0, 2, (32, 1)).astype(float)
+    data = {"x": x, "f": np.full((32, 1), 2.0), "xb": xb, "g": np.zeros((32, 1))}  # -u'' = 2, u(0) = u(1) = 0
+    loss = OperatorMSE(nd.laplacian, "f", scale=-1.0) + OperatorMSE(nd.value, "g", points="xb")
+    model = nd.MLP([1, 8, 1], activation="tanh", seed=0)
+    history = nd.fit(model, loss, data, optimizer=nd.Adam(1e-2), epochs=100, progress=False)
+    assert history.loss[-1] < 0.1 * history.loss[0]
+
+
+def test_operator_mse_repr_and_weighted_sum_repr():
+    loss = OperatorMSE(nd.laplacian, "f", scale=-1.0) + 0.5 * OperatorMSE(nd.value, "g", points="xb")
+    assert repr(loss) == (
+        "1.0 * OperatorMSE(nd.laplacian, 'f', points='x', scale=-1.0) + "
+        "0.5 * OperatorMSE(nd.value, 'g', points='xb', scale=1.0)"
+    )
+
+
+def test_bad_operator_losses_fail_loudly_at_construction():
+    with pytest.raises(nd.ConfigError, match="nd.MSE"):
+        OperatorMSE(nd.derivatives, order=2)
+    with pytest.raises(nd.ConfigError, match="nd.laplacian"):  # lists what is supported
+        OperatorMSE(np.sin)
+    with pytest.raises(nd.ConfigError, match="target"):
+        OperatorMSE(nd.laplacian, 3)
+    with pytest.raises(nd.ConfigError, match="points"):
+        OperatorMSE(nd.laplacian, points=None)
+    for scale in (float("nan"), "2", True):
+        with pytest.raises(nd.ConfigError, match="scale"):
+            OperatorMSE(nd.laplacian, scale=scale)
+    with pytest.raises(nd.ConfigError, match="wrt"):
+        OperatorMSE(nd.laplacian, wrt="x")
+
+
+def test_bad_operator_batches_fail_loudly_and_name_the_problem():
+    model, batch = operator_batch()
+    with pytest.raises(nd.ConfigError, match=r"batch\['x_boundary'\].*\['d2y', 'dy', 'f01', 'x', 'xb', 'y'\]"):
+        OperatorMSE(nd.value, points="x_boundary").value_and_grad(model, batch)
+    with pytest.raises(nd.ConfigError, match=r"batch\['missing'\]"):
+        OperatorMSE(nd.value, "missing").value_and_grad(model, batch)
+    with pytest.raises(nd.ShapeError, match=r"batch\['dy'\].*nd.laplacian \(7, 2\)"):
+        OperatorMSE(nd.laplacian, "dy").value_and_grad(model, batch)  # nothing is broadcast
+    with pytest.raises(nd.ShapeError, match=r"select=\(Ellipsis, 5\).*\(7, 2, 2\)"):
+        OperatorMSE(nd.jacobian, select=(..., 5)).value_and_grad(model, batch)
+    with pytest.raises(nd.ShapeError, match="x must have shape"):
+        OperatorMSE(nd.value, points="y").value_and_grad(model, dict(batch, y=np.zeros((7, 3))))
+    with pytest.raises(nd.NonFiniteError, match="'y'"):
+        OperatorMSE(nd.value, "y").value_and_grad(model, dict(batch, y=np.full((7, 2), np.inf)))
+    with pytest.raises(nd.OrderError):
+        OperatorMSE(nd.pure_derivatives, order=-1).value_and_grad(model, batch)
+
+
+def test_operator_losses_are_not_evaluated_on_shared_derivatives():
+    model, batch = operator_batch()
+    D = nd.derivatives(model, batch["x"], order=2)
+    with pytest.raises(nd.ConfigError, match="value_and_grad"):
+        OperatorMSE(nd.laplacian)(D, batch)
+    with pytest.raises(nd.ConfigError, match=r"OperatorMSE\(nd.laplacian.*value_and_grad"):
+        (nd.MSE("value") + OperatorMSE(nd.laplacian))(D, batch)

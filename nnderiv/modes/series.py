@@ -38,7 +38,7 @@ from .. import kernels
 
 def taylor_coefficients(activation, z: np.ndarray, order: int) -> np.ndarray:
     """``a_j = g^(j)(z) / j!`` for ``j = 0..order``: shape ``(order + 1, *z.shape)``."""
-    coefs = activation.derivatives(z, order)
+    coefs = kernels.activation_derivatives(activation, z, order)
     for j in range(2, order + 1):
         coefs[j] *= 1.0 / factorial(j)
     return coefs
@@ -64,7 +64,7 @@ class SeriesMode:
         if self.order >= 1:
             per_point = self.directions.ndim == 3
             stack[self.table.degree_slice(1)] = self.directions[:, part] if per_point else self.directions[:, None]
-        return stack
+        return kernels.asarray(stack)  # onto the backend's device (a no-op on the CPU)
 
     def seed_vjp(self, stack_bar: np.ndarray) -> np.ndarray:
         """Cotangent of ``x``: only the value row of the seed depends on ``x``."""
@@ -84,46 +84,23 @@ class SeriesMode:
 
     # --- activation step ------------------------------------------------------------------------
 
-    def _powers(self, delta: np.ndarray) -> list:
-        """``[None, delta^1, ..., delta^K]``; row 0 of ``delta`` is never read by the tables."""
-        powers = [None, delta]
-        for j in range(2, self.order + 1):
-            powers.append(kernels.bilinear(delta, powers[-1], self.table.series_product(j - 1)))
-        return powers
-
     def elementwise(self, stack: np.ndarray, activation):
-        """``act`` applied to the series ``stack``; returns ``(out, saved for the pullback)``."""
+        """``act`` applied to the series ``stack``; returns ``(out, saved for the pullback)``.
+
+        ``out = a_0`` on row 0 and ``sum_j a_j delta^j`` elsewhere, one fused kernel
+        (:func:`nnderiv.kernels.compose`); for a pullback it also keeps the powers ``delta^j``.
+        """
         K = self.order
         a = taylor_coefficients(activation, stack[0], K + 1 if self.for_vjp else K)
-        powers = self._powers(stack)
-        out = np.empty_like(stack)
-        out[0] = a[0]
-        if K >= 1:
-            np.multiply(a[1], stack[1:], out=out[1:])
-        for j in range(2, K + 1):
-            first = self.table.degree_slice(j).start  # delta^j vanishes below degree j
-            out[first:] += a[j] * powers[j][first:]
-        return out, ((a, powers) if self.for_vjp else None)
+        if not self.for_vjp:
+            return kernels.compose(stack, a, self.table, K), None
+        out, powers = kernels.compose_saving(stack, a, self.table, K)
+        return out, (a, stack, powers)
 
     def elementwise_vjp(self, saved, activation, out_bar: np.ndarray) -> np.ndarray:
-        """Pullback of :meth:`elementwise`: the cotangent of the input stack."""
-        a, powers = saved
-        K = self.order
-        c0_bar = out_bar[0] * a[1]  # the value row reaches the output through every a_j
-        for j in range(1, K + 1):
-            first = self.table.degree_slice(j).start
-            a_j_bar = np.einsum("rnw,rnw->nw", out_bar[first:], powers[j][first:])
-            c0_bar += a_j_bar * (j + 1) * a[j + 1]
-        stack_bar = np.zeros_like(out_bar)
-        power_bar = a[K] * out_bar  # walk delta^j = delta * delta^{j-1} backwards
-        for j in range(K, 1, -1):
-            product = self.table.series_product(j - 1)
-            stack_bar += kernels.bilinear(power_bar, powers[j - 1], product.adjoint_left)
-            power_bar = a[j - 1] * out_bar + kernels.bilinear(power_bar, powers[1], product.adjoint_right)
-        if K >= 1:
-            stack_bar += power_bar
-        stack_bar[0] = c0_bar
-        return stack_bar
+        """Pullback of :meth:`elementwise`: the cotangent of the input stack (see the module docstring)."""
+        a, stack, powers = saved
+        return kernels.compose_vjp(out_bar, stack, powers, a, self.table, self.order)
 
     # --- memory estimate ------------------------------------------------------------------------
 

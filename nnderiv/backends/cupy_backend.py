@@ -1,0 +1,92 @@
+"""The CuPy backend: the reference kernels on GPU arrays (cuBLAS for the matrix products).
+
+The reference module (:mod:`nnderiv.backends.numpy_backend`) is written against the namespace of its
+input arrays, so on CuPy arrays it runs on the GPU unchanged: every run of a series product is one
+elementwise multiply and one add on contiguous slices. What this module adds is where arrays go
+(``asarray``: onto the current device) and the activation fills, which mostly work on CuPy arrays
+through NumPy's dispatch (``__array_ufunc__``, ``__array_function__``) except where they create a
+host array or call a host-only ufunc: gelu's ``erfc`` (here ``cupyx.scipy.special.erfc``) and the
+``n F^(n-1)`` term of silu and gelu (here ``cupy.arange``).
+
+CuPy is imported when this backend is selected, never to test an array's type.
+"""
+
+from __future__ import annotations
+
+from .. import activations
+from ..errors import BackendError
+from .numpy_backend import (  # noqa: F401 (re-exported: the same code on CuPy arrays)
+    affine,
+    affine_weight_grad,
+    bilinear,
+    compose,
+    compose_saving,
+    compose_vjp,
+)
+
+ON_DEVICE = True
+
+
+def _cupy():
+    try:
+        import cupy
+    except ImportError:
+        raise BackendError(
+            "the cupy backend needs CuPy, which is not installed: pip install 'nnderiv[gpu]' "
+            "(or the cupy-cudaXXx wheel matching your CUDA version)"
+        ) from None
+    return cupy
+
+
+def check_available() -> None:
+    """:class:`BackendError` unless CuPy imports and sees at least one CUDA device."""
+    cupy = _cupy()
+    try:
+        n_devices = cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # CUDARuntimeError when there is no driver or no device  # noqa: BLE001
+        n_devices = 0
+    if n_devices == 0:
+        raise BackendError("the cupy backend found no CUDA device (cupy.cuda.runtime.getDeviceCount() is 0)")
+
+
+def asarray(array):
+    """``array`` on the current GPU (no copy when it already is there)."""
+    return _cupy().asarray(array)
+
+
+# --- activation fills on the GPU ------------------------------------------------------------------
+
+
+def _fill_times_z(z, out, factor_fill):
+    """``(z F)^(n) = z F^(n) + n F^(n-1)``, as :func:`nnderiv.activations._fill_times_z` on the device."""
+    cupy = _cupy()
+    factor = cupy.empty_like(out)
+    factor_fill(z, factor)
+    cupy.multiply(z, factor, out=out)
+    out[1:] += cupy.arange(1, len(out), dtype=out.dtype)[:, None] * factor[:-1]
+
+
+def _fill_normal_cdf(z, out):
+    """``Phi(z) = erfc(-z/sqrt 2)/2``, ``Phi^(n) = phi^(n-1)``, with CuPy's ``erfc``."""
+    from cupyx.scipy.special import erfc
+
+    out[0] = 0.5 * erfc(-activations._SQRT_HALF * z)
+    activations._fill_gaussian_from(z, activations._INV_SQRT_2PI * activations._gaussian(z), out[1:])
+
+
+_DEVICE_FILLS = {
+    "silu": lambda z, out: _fill_times_z(z, out, activations._fill_sigmoid),
+    "gelu": lambda z, out: _fill_times_z(z, out, _fill_normal_cdf),
+}
+
+
+def activation_derivatives(activation, z, k: int):
+    """``[g(z), ..., g^(k)(z)]`` on the GPU: the activation's own fill on CuPy arrays (its
+    transcendental functions dispatch to CuPy), or the device version above."""
+    cupy = _cupy()
+    fill = _DEVICE_FILLS.get(activation.name) or getattr(activation.derivatives, "__wrapped__", None)
+    if fill is None:  # an activation defined outside the table: evaluate on the host
+        return cupy.asarray(activation.derivatives(cupy.asnumpy(z), k))
+    out = cupy.empty((k + 1, z.size), dtype=z.dtype)
+    fill(z.reshape(-1), out)
+    return out.reshape(k + 1, *z.shape)

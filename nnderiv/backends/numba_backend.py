@@ -1,0 +1,388 @@
+r"""The Numba backend: the activation step fused into one parallel pass per block of points.
+
+Same signatures as the reference (:mod:`nnderiv.backends.numpy_backend`), same results to rounding.
+What changes is the memory traffic of the activation step. The reference builds every power
+``delta^j`` as a whole stack ``(rows, N, width)`` and adds ``a_j delta^j`` in another pass; here the
+``N * width`` columns are cut into blocks whose buffers fit in the L2 cache and, per block, the
+powers are built in two rows-by-block buffers and accumulated at once: the input and output stacks
+cross memory once. Each thread (``prange`` over threads) takes a contiguous share of the blocks and
+allocates its buffers once. The pullback is fused the same way.
+
+The matrix products stay in BLAS and the transcendental functions in NumPy's SIMD ufuncs (the
+activation fills): inside Numba, ``math.tanh`` and ``math.exp`` are scalar libm calls, several times
+slower. Only multiply-adds are compiled here, with ``fastmath=False``: no reassociation, no fused
+multiply-add, so each sum is added in the reference's order.
+
+Threads follow ``NUMBA_NUM_THREADS`` (or :func:`numba.set_num_threads`); stacks under
+``PARALLEL_MIN_ELEMENTS`` run on the calling thread. Kernels compile on first use per dtype (float32,
+float64): seconds (``docs/backends.md``), then they are cached on disk (``cache=True``) and later
+processes load them in milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from functools import cache
+
+import numba
+import numpy as np
+
+from . import numpy_backend as reference
+from .numpy_backend import activation_derivatives, affine, affine_weight_grad, asarray  # noqa: F401 (re-exported)
+
+ON_DEVICE = False
+
+# GNU OpenMP (Numba's usual threading layer) keeps its threads spinning after each parallel region,
+# on the cores OpenBLAS's threads need for the next matrix product: measured up to 1.6x slower with
+# 2 threads on 2 cores. Passive waiting costs microseconds per kernel. A choice the user made wins;
+# it has no effect if an OpenMP runtime was loaded before the first parallel kernel ran.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+#: elements of one (rows, block) buffer: a few such buffers per thread stay in the L2 cache
+BUFFER_ELEMENTS = 32768
+#: extra columns per buffer row, so that rows are not a power of two bytes apart (cache sets)
+PAD = 8
+#: below this many stack elements a kernel runs on the calling thread: waking the thread pool
+#: (tens of microseconds with passive waiting) would cost more than the work
+PARALLEL_MIN_ELEMENTS = 1 << 17
+
+
+def check_available() -> None:
+    """Numba is a required dependency: always available."""
+
+
+def _kernel(*, parallel: bool):
+    """The one set of jit options: compiled on first call per dtype, cached on disk, exact IEEE arithmetic."""
+    return numba.njit(parallel=parallel, fastmath=False, cache=True, nogil=True, error_model="numpy")
+
+
+# --- tables: the runs of every power, packed into flat integer arrays ----------------------------
+
+
+@dataclass(frozen=True)
+class PackedRuns:
+    """Runs ``(left0, right0, target0, length)`` of several bilinear maps, map ``j`` in rows
+    ``runs[starts[j] : starts[j + 1]]``."""
+
+    runs: np.ndarray
+    starts: np.ndarray
+
+
+def _pack(products: dict) -> PackedRuns:
+    """``{j: SparseBilinear}`` for ``j = 2..K`` -> runs indexed by ``j`` (empty for ``j < 2``)."""
+    order = max(products, default=1)
+    chunks = [products[j].runs if j in products else np.zeros((0, 4), np.intp) for j in range(order + 1)]
+    starts = np.cumsum([0] + [len(chunk) for chunk in chunks]).astype(np.intp)
+    return PackedRuns(np.ascontiguousarray(np.concatenate(chunks).astype(np.intp)), starts)
+
+
+@dataclass(frozen=True)
+class CompositionTables:
+    """For ``delta^j = delta * delta^{j-1}`` (``j = 2..K``): the forward runs, the runs of its two
+    adjoints, and the first row of each degree."""
+
+    forward: PackedRuns
+    adjoint_left: PackedRuns
+    adjoint_right: PackedRuns
+    first: np.ndarray
+
+
+@cache
+def composition_tables(table) -> CompositionTables:
+    """The packed runs of ``table`` (cached for the table's lifetime: tables are cached too)."""
+    products = {j: table.series_product(j - 1) for j in range(2, table.order + 1)}
+    first = np.array([table.degree_slice(k).start for k in range(table.order + 1)], dtype=np.intp)
+    return CompositionTables(
+        _pack(products),
+        _pack({j: p.adjoint_left for j, p in products.items()}),
+        _pack({j: p.adjoint_right for j, p in products.items()}),
+        first,
+    )
+
+
+# --- compiled kernels: stacks flattened to (rows, M), M = N * width ------------------------------
+# Per block of columns ``s:e`` of the stacks, the rows that are read more than once are first copied
+# into local buffers whose row stride (``block + PAD``) is not a power of two: rows of a stack are
+# ``M * itemsize`` bytes apart, often a power of two, and would all fall into the same cache sets.
+# Inner loops run over one contiguous row, ``buffer[row, :n]``: on such 1D views LLVM vectorizes.
+
+
+@_kernel(parallel=False)
+def _copy(out, x):
+    for i in range(len(out)):
+        out[i] = x[i]
+
+
+@_kernel(parallel=False)
+def _add(out, x):
+    for i in range(len(out)):
+        out[i] += x[i]
+
+
+@_kernel(parallel=False)
+def _multiply(out, x, y):
+    for i in range(len(out)):
+        out[i] = x[i] * y[i]
+
+
+@_kernel(parallel=False)
+def _multiply_add(out, x, y):
+    for i in range(len(out)):
+        out[i] += x[i] * y[i]
+
+
+@_kernel(parallel=False)
+def _load(buffer, stack, s, n, first_row):
+    """``buffer[first_row:, :n] = stack[first_row:, s : s + n]``, row by row."""
+    for r in range(first_row, stack.shape[0]):
+        _copy(buffer[r, :n], stack[r, s : s + n])
+
+
+@_kernel(parallel=False)
+def _store(stack, s, buffer, n, first_row):
+    """``stack[first_row:, s : s + n] = buffer[first_row:, :n]``, row by row."""
+    for r in range(first_row, stack.shape[0]):
+        _copy(stack[r, s : s + n], buffer[r, :n])
+
+
+@_kernel(parallel=False)
+def _zero(buffer, n, first_row):
+    for r in range(first_row, buffer.shape[0]):
+        buffer[r, :n] = 0
+
+
+@_kernel(parallel=False)
+def _add_runs(out, a, b, runs, first_run, stop_run, n):
+    """``out[t, :n] += a[l, :n] * b[r, :n]`` over the runs ``first_run:stop_run`` of a packed table."""
+    for q in range(first_run, stop_run):
+        l0, r0, t0, length = runs[q, 0], runs[q, 1], runs[q, 2], runs[q, 3]
+        for k in range(length):
+            _multiply_add(out[t0 + k, :n], a[l0 + k, :n], b[r0 + k, :n])
+
+
+@_kernel(parallel=False)
+def _worker_blocks(worker, n_workers, m, block):
+    """The blocks of worker ``worker``: a contiguous share, as a ``range``."""
+    n_blocks = (m + block - 1) // block
+    return range(worker * n_blocks // n_workers, (worker + 1) * n_blocks // n_workers)
+
+
+# --- bilinear: out = a * b over one table --------------------------------------------------------
+
+
+@_kernel(parallel=True)
+def _bilinear(a, b, runs, out, block, threads):
+    m, n_out = a.shape[1], out.shape[0]
+    n_workers = max(1, min(threads, (m + block - 1) // block))  # buffers: once per worker
+    for worker in numba.prange(n_workers):
+        a_block = np.empty((a.shape[0], block + PAD), dtype=a.dtype)
+        b_block = np.empty((b.shape[0], block + PAD), dtype=a.dtype)
+        out_block = np.empty((n_out, block + PAD), dtype=a.dtype)
+        for blk in _worker_blocks(worker, n_workers, m, block):
+            s = blk * block
+            n = min(block, m - s)
+            _load(a_block, a, s, n, 0)
+            _load(b_block, b, s, n, 0)
+            _zero(out_block, n, 0)
+            _add_runs(out_block, a_block, b_block, runs, 0, len(runs), n)
+            _store(out, s, out_block, n, 0)
+
+
+# --- the activation step, forward (order >= 2) ---------------------------------------------------
+# delta^j has no rows below degree j (first[j]), and only rows of degree >= j - 1 of delta^{j-1} are
+# read: the loops skip the others, and saved powers keep their zeros there (``np.zeros``: untouched
+# pages cost nothing).
+
+
+@_kernel(parallel=False)
+def _compose_block(out, z, a, order, runs, starts, first, powers, save, s, n, buffers):
+    """Columns ``s : s + n`` of :func:`_compose`; ``buffers`` ``(4, rows, >= n)``."""
+    z_block, out_block, previous, current = buffers[0], buffers[1], buffers[2], buffers[3]
+    _copy(out[0, s : s + n], a[0, s : s + n])
+    for r in range(1, z.shape[0]):  # delta (the value row is never read), and a_1 delta
+        _copy(z_block[r, :n], z[r, s : s + n])
+        if r < first[2]:  # first-order rows are final: written out at once
+            _multiply(out[r, s : s + n], a[1, s : s + n], z_block[r, :n])
+        else:
+            _multiply(out_block[r, :n], a[1, s : s + n], z_block[r, :n])
+    for j in range(2, order + 1):  # current = delta^j = delta * delta^{j-1}
+        _zero(current, n, first[j])
+        _add_runs(current, z_block, z_block if j == 2 else previous, runs, starts[j], starts[j + 1], n)
+        for r in range(first[j], z.shape[0]):
+            _multiply_add(out_block[r, :n], a[j, s : s + n], current[r, :n])
+        if save:
+            _store(powers[j - 2], s, current, n, first[j])
+        previous, current = current, previous
+    _store(out, s, out_block, n, first[2])
+
+
+@_kernel(parallel=True)
+def _compose(z, a, order, runs, starts, first, out, powers, save, block, threads):
+    """``out = a_0`` on row 0, ``sum_j a_j delta^j`` elsewhere; if ``save``, ``powers[j - 2] = delta^j``."""
+    rows, m = z.shape
+    n_workers = max(1, min(threads, (m + block - 1) // block))  # buffers: once per worker
+    for worker in numba.prange(n_workers):
+        buffers = np.empty((4, rows, block + PAD), dtype=z.dtype)
+        for blk in _worker_blocks(worker, n_workers, m, block):
+            s = blk * block
+            n = min(block, m - s)
+            _compose_block(out, z, a, order, runs, starts, first, powers, save, s, n, buffers)
+
+
+# --- the activation step, pullback ---------------------------------------------------------------
+
+
+@_kernel(parallel=False)
+def _value_cotangent(c0_bar, a_j_bar, out_bar_block, z_block, powers, a_block, order, first, counts, s, n, power_block):
+    """``c_0_bar = out_bar_0 a_1 + sum_j <out_bar, delta^j> (j + 1) a_{j+1}`` on one block."""
+    _multiply(c0_bar[:n], out_bar_block[0, :n], a_block[1, :n])
+    for j in range(1, order + 1):
+        a_j_bar[:n] = 0
+        if j >= 2:
+            _load(power_block, powers[j - 2], s, n, first[j])
+        power = z_block if j == 1 else power_block
+        for r in range(first[j], z_block.shape[0]):
+            _multiply_add(a_j_bar[:n], out_bar_block[r, :n], power[r, :n])
+        for i in range(n):  # d a_j / d c_0 = (j + 1) a_{j+1}
+            c0_bar[i] += a_j_bar[i] * counts[j + 1] * a_block[j + 1, i]
+
+
+@_kernel(parallel=False)
+def _compose_vjp_block(stack_bar, out_bar, z, powers, a, order, tables, s, n, buffers, a_block, scalars):
+    """Columns ``s : s + n`` of :func:`_compose_vjp`; ``buffers`` ``(7, rows, >= n)``, ``scalars`` ``(2, >= n)``."""
+    left, left_starts, right, right_starts, first, counts = tables
+    rows = z.shape[0]
+    z_block, out_bar_block, power_block, block_bar = buffers[0], buffers[1], buffers[2], buffers[3]
+    power_bar, next_bar, product = buffers[4], buffers[5], buffers[6]
+    _load(z_block, z, s, n, 1)
+    _load(a_block, a, s, n, 0)
+    _load(out_bar_block, out_bar, s, n, 0)
+    c0_bar = scalars[0]
+    _value_cotangent(
+        c0_bar, scalars[1], out_bar_block, z_block, powers, a_block, order, first, counts, s, n, power_block
+    )
+    _zero(block_bar, n, 1)
+    for r in range(first[order], rows):  # the cotangent of delta^K
+        _multiply(power_bar[r, :n], a_block[order, :n], out_bar_block[r, :n])
+    for j in range(order, 1, -1):  # delta^j = delta * delta^{j-1}, backwards
+        if j >= 3:
+            _load(power_block, powers[j - 3], s, n, first[j - 1])
+        _zero(product, n, 1)
+        _add_runs(product, power_bar, z_block if j == 2 else power_block, left, left_starts[j], left_starts[j + 1], n)
+        for r in range(1, rows):
+            _add(block_bar[r, :n], product[r, :n])
+        _zero(product, n, first[j - 1])
+        _add_runs(product, power_bar, z_block, right, right_starts[j], right_starts[j + 1], n)
+        for r in range(first[j - 1], rows):  # the cotangent of delta^{j-1}
+            _multiply(next_bar[r, :n], a_block[j - 1, :n], out_bar_block[r, :n])
+            _add(next_bar[r, :n], product[r, :n])
+        power_bar, next_bar = next_bar, power_bar
+    for r in range(1, rows):
+        _add(block_bar[r, :n], power_bar[r, :n])
+    _copy(block_bar[0, :n], c0_bar[:n])
+    _store(stack_bar, s, block_bar, n, 0)
+
+
+@_kernel(parallel=True)
+def _compose_vjp(out_bar, z, powers, a, order, tables, stack_bar, block, threads):
+    """Pullback of :func:`_compose` for ``order >= 1`` (``powers[j - 2] = delta^j``), in the reference's
+    order of operations; ``tables``: the adjoints' runs and starts, ``first``, ``counts[j] = j``."""
+    rows, m = z.shape
+    n_workers = max(1, min(threads, (m + block - 1) // block))  # buffers: once per worker
+    for worker in numba.prange(n_workers):
+        buffers = np.empty((7, rows, block + PAD), dtype=z.dtype)
+        a_block = np.empty((order + 2, block + PAD), dtype=z.dtype)
+        scalars = np.empty((2, block + PAD), dtype=z.dtype)  # c_0_bar and a_j_bar
+        for blk in _worker_blocks(worker, n_workers, m, block):
+            s = blk * block
+            n = min(block, m - s)
+            _compose_vjp_block(stack_bar, out_bar, z, powers, a, order, tables, s, n, buffers, a_block, scalars)
+
+
+# --- the backend's kernels (signatures of the reference) -----------------------------------------
+
+
+def _block(rows: int) -> int:
+    """Columns per block: ``BUFFER_ELEMENTS / rows``, a multiple of 64 in ``[512, 8192]`` (small
+    stacks get long blocks: the per-block overhead is then negligible)."""
+    return max(512, min(8192, BUFFER_ELEMENTS // rows // 64 * 64))
+
+
+def _flat(stack) -> np.ndarray:
+    """``(rows, N, width)`` as ``(rows, N * width)``, C-contiguous (a view when it already is)."""
+    return np.ascontiguousarray(stack).reshape(len(stack), -1)
+
+
+def _flat_powers(powers) -> np.ndarray:
+    """``(n_powers, rows, N, width)`` as ``(n_powers, rows, N * width)`` (a view when contiguous)."""
+    return np.ascontiguousarray(powers).reshape(*powers.shape[:2], math.prod(powers.shape[2:]))
+
+
+def _serial(stack) -> bool:
+    """Small work: loop over blocks here, on the calling thread (a few blocks, a few calls)."""
+    return stack.size < PARALLEL_MIN_ELEMENTS
+
+
+def bilinear(a, b, table):
+    """``out[table.target[p]] += a[table.left[p]] * b[table.right[p]]``: parallel over point blocks."""
+    out = np.empty((table.n_out, *a.shape[1:]), dtype=a.dtype)
+    block = _block(len(a) + len(b) + len(out))
+    _bilinear(_flat(a), _flat(b), table.runs, _flat(out), block, 1 if _serial(a) else numba.get_num_threads())
+    return out
+
+
+def _composition(stack, a, table, order: int, save: bool):
+    # outputs are allocated by NumPy, not inside the kernel: NumPy asks for huge pages for large
+    # arrays, Numba's allocator does not, and first-touch page faults would cost more than the math
+    tables, block = composition_tables(table), _block(len(stack))
+    out = np.empty_like(stack, order="C")
+    powers = np.zeros((max(order - 1, 0) if save else 0, *stack.shape), dtype=stack.dtype)
+    z, coefs, flat_out, flat_powers, forward = _flat(stack), _flat(a), _flat(out), _flat_powers(powers), tables.forward
+    if _serial(stack):  # the block kernel, called from here: no thread pool involved
+        buffers = np.empty((4, len(stack), block + PAD), dtype=stack.dtype)
+        for s in range(0, z.shape[1], block):
+            n = min(block, z.shape[1] - s)
+            _compose_block(flat_out, z, coefs, order, forward.runs, forward.starts, tables.first, flat_powers, save, s,
+                           n, buffers)  # fmt: skip
+    else:
+        _compose(z, coefs, order, forward.runs, forward.starts, tables.first, flat_out, flat_powers, save, block,
+                 numba.get_num_threads())  # fmt: skip
+    return out, powers
+
+
+def compose(stack, a, table, order: int):
+    """``a_0`` on row 0, ``sum_j a_j delta^j`` elsewhere: one fused pass, no power kept."""
+    if order <= 1:  # one multiplication, nothing to fuse: NumPy streams it as fast
+        return reference.compose(stack, a, table, order)
+    return _composition(stack, a, table, order, save=False)[0]
+
+
+def compose_saving(stack, a, table, order: int):
+    """:func:`compose` and the powers ``delta^2 .. delta^K`` (written in the same pass)."""
+    if order <= 1:
+        return reference.compose_saving(stack, a, table, order)
+    return _composition(stack, a, table, order, save=True)
+
+
+def compose_vjp(out_bar, stack, powers, a, table, order: int):
+    """Pullback of :func:`compose` to its input stack: one fused pass."""
+    if order == 0:
+        return reference.compose_vjp(out_bar, stack, powers, a, table, order)
+    tables, block = composition_tables(table), _block(len(stack))
+    stack_bar = np.empty_like(stack, order="C")
+    left, right = tables.adjoint_left, tables.adjoint_right
+    counts = np.arange(order + 2, dtype=stack.dtype)  # (j + 1) in the dtype of the stack
+    flat_tables = (left.runs, left.starts, right.runs, right.starts, tables.first, counts)
+    args = (_flat(out_bar), _flat(stack), _flat_powers(powers), _flat(a), order, flat_tables, _flat(stack_bar))
+    if _serial(stack):
+        buffers = np.empty((7, len(stack), block + PAD), dtype=stack.dtype)
+        a_block = np.empty((order + 2, block + PAD), dtype=stack.dtype)
+        scalars = np.empty((2, block + PAD), dtype=stack.dtype)
+        m = args[1].shape[1]
+        for s in range(0, m, block):
+            _compose_vjp_block(args[6], *args[:6], s, min(block, m - s), buffers, a_block, scalars)
+    else:
+        _compose_vjp(*args, block, numba.get_num_threads())
+    return stack_bar

@@ -1,0 +1,145 @@
+r"""The reference backend: every kernel in plain array operations, the oracle of the others.
+
+The code is written against the namespace of its input arrays (NumPy, or CuPy when the
+:mod:`~nnderiv.backends.cupy_backend` reuses it), and reads as the math of
+:mod:`nnderiv.modes.series`: with ``z = c_0 + delta`` and ``a_j = g^{(j)}(c_0) / j!``,
+
+.. math::  g(z) = \sum_{j=0}^{K} a_j\, \delta^j, \qquad \delta^j = \delta * \delta^{j-1},
+
+each power one sparse bilinear map (:class:`~nnderiv.combinatorics.SparseBilinear`) evaluated run by
+run: ``out[t0 : t0 + n] += a[l0 : l0 + n] * b[r0 : r0 + n]``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from ..combinatorics import SparseBilinear
+from . import is_device_array
+
+ON_DEVICE = False
+
+
+def check_available() -> None:
+    """Always available."""
+
+
+def namespace(array):
+    """``numpy``, or ``cupy`` for a CuPy array (already imported then: never imported here)."""
+    return sys.modules["cupy"] if is_device_array(array) else np
+
+
+def asarray(array) -> np.ndarray:
+    """``array`` in host memory: a NumPy array (a CuPy array is copied back from the GPU)."""
+    return array.get() if namespace(array) is not np else np.asarray(array)
+
+
+def activation_derivatives(activation, z, k: int):
+    """``[g(z), g'(z), ..., g^(k)(z)]``, shape ``(k + 1, *z.shape)``: the activation's closed forms."""
+    return activation.derivatives(z, k)
+
+
+# --- matrix products -----------------------------------------------------------------------------
+
+
+def affine(stack, W):
+    """``stack @ W`` over the last axis as ONE matrix product on ``(rows * N, n_in)``."""
+    rows, n, n_in = stack.shape
+    return (stack.reshape(rows * n, n_in) @ W).reshape(rows, n, W.shape[1])
+
+
+def affine_weight_grad(stack, z_bar):
+    """``sum over rows and points of stack^T @ z_bar``: the weight cotangent, ONE product."""
+    n_in, n_out = stack.shape[-1], z_bar.shape[-1]
+    return stack.reshape(-1, n_in).T @ z_bar.reshape(-1, n_out)
+
+
+# --- sparse products of stacks -------------------------------------------------------------------
+
+
+def _bilinear_into(a, b, table: SparseBilinear, out):
+    """``out[table.target[p]] += a[table.left[p]] * b[table.right[p]]``, one run at a time, into a
+    reused buffer: no gather, no temporary the size of all pairs."""
+    runs = table.runs
+    if len(runs):
+        xp = namespace(a)
+        buffer = xp.empty((int(runs[:, 3].max()), *a.shape[1:]), dtype=a.dtype)
+        for l0, r0, t0, n in runs.tolist():
+            product = xp.multiply(a[l0 : l0 + n], b[r0 : r0 + n], out=buffer[:n])
+            out[t0 : t0 + n] += product
+    return out
+
+
+def bilinear(a, b, table: SparseBilinear):
+    """``out[table.target[p]] += a[table.left[p]] * b[table.right[p]]`` for every pair ``p``.
+
+    ``a`` and ``b`` are stacks ``(rows, N, width)``; returns ``(table.n_out, N, width)``.
+    """
+    return _bilinear_into(a, b, table, namespace(a).zeros((table.n_out, *a.shape[1:]), dtype=a.dtype))
+
+
+# --- the activation step: series composition and its pullback ------------------------------------
+
+
+def series_powers(delta, table, order: int):
+    """``delta^2, ..., delta^order`` as one array ``(order - 1, *delta.shape)`` (row 0 of ``delta``,
+    the value, is never read by the tables)."""
+    powers = namespace(delta).zeros((max(order - 1, 0), *delta.shape), dtype=delta.dtype)
+    previous = delta
+    for j in range(2, order + 1):
+        previous = _bilinear_into(delta, previous, table.series_product(j - 1), powers[j - 2])
+    return powers
+
+
+def _accumulate(stack, a, table, order: int, powers):
+    """``out = a_0`` on row 0, ``sum_j a_j delta^j`` on the others."""
+    xp = namespace(stack)
+    out = xp.empty_like(stack)
+    out[0] = a[0]
+    if order >= 1:
+        xp.multiply(a[1], stack[1:], out=out[1:])
+    for j in range(2, order + 1):
+        first = table.degree_slice(j).start  # delta^j vanishes below degree j
+        out[first:] += a[j] * powers[j - 2][first:]
+    return out
+
+
+def compose(stack, a, table, order: int):
+    """``g`` applied to the series ``stack`` given its Taylor coefficients ``a`` ``(>= order + 1, N, width)``."""
+    return _accumulate(stack, a, table, order, series_powers(stack, table, order))
+
+
+def compose_saving(stack, a, table, order: int):
+    """:func:`compose` and the powers ``delta^2 .. delta^K`` its pullback needs: ``(out, powers)``."""
+    powers = series_powers(stack, table, order)
+    return _accumulate(stack, a, table, order, powers), powers
+
+
+def compose_vjp(out_bar, stack, powers, a, table, order: int):
+    """Pullback of :func:`compose` to its input stack; ``a`` must hold orders ``0 .. order + 1``.
+
+    ``a_j_bar = <out_bar, delta^j>`` over the rows, ``c_0_bar = sum_j a_j_bar (j + 1) a_{j+1}``, and
+    the products are walked back from ``delta^K`` to ``delta`` with the adjoints of each power.
+    """
+    xp = namespace(stack)
+
+    def power(j):
+        return stack if j == 1 else powers[j - 2]
+
+    c0_bar = out_bar[0] * a[1]  # the value row reaches the output through every a_j
+    for j in range(1, order + 1):
+        first = table.degree_slice(j).start
+        a_j_bar = xp.einsum("rnw,rnw->nw", out_bar[first:], power(j)[first:])
+        c0_bar += a_j_bar * (j + 1) * a[j + 1]
+    stack_bar = xp.zeros_like(out_bar)
+    power_bar = a[order] * out_bar  # walk delta^j = delta * delta^{j-1} backwards
+    for j in range(order, 1, -1):
+        product = table.series_product(j - 1)
+        stack_bar += bilinear(power_bar, power(j - 1), product.adjoint_left)
+        power_bar = a[j - 1] * out_bar + bilinear(power_bar, stack, product.adjoint_right)
+    if order >= 1:
+        stack_bar += power_bar
+    stack_bar[0] = c0_bar
+    return stack_bar

@@ -1,0 +1,330 @@
+"""Backends against the NumPy reference, and the backend-selection API.
+
+Oracle: the ``numpy`` backend (:mod:`nnderiv.backends.numpy_backend`). Every public derivative
+function and its pullback must agree between ``numba`` and ``numpy`` on random networks, with and
+without chunks; every kernel must agree on random stacks of every kind of table. The ``cupy``
+backend is compared kernel by kernel, and skipped when CuPy is not installed or finds no CUDA device.
+
+Tolerances, relative to the largest entry of the reference array: the Numba kernels add the same
+products in the same order as the reference with exact IEEE arithmetic (``fastmath=False``), so
+they agree to rounding (measured: bit for bit); we allow 1e-12 in float64 and 1e-5 in float32.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import SMOOTH, build_model, networks, random_spec
+
+import nnderiv as nd
+from nnderiv import backends
+from nnderiv.activations import ACTIVATIONS
+from nnderiv.backends import numpy_backend as reference
+from nnderiv.combinatorics import (
+    collapsed_second_order_table,
+    directional_table,
+    hessian_vector_table,
+    multi_index_table,
+)
+from nnderiv.modes.series import taylor_coefficients
+
+RTOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-5}
+
+
+def host(array):
+    """A NumPy array of any backend's array (a GPU array is copied back)."""
+    return reference.asarray(array)
+
+
+def assert_close(got, want, what: str) -> None:
+    got, want = host(got), np.asarray(want)
+    assert got.shape == want.shape and got.dtype == want.dtype, (
+        f"{what}: {got.shape} {got.dtype} vs {want.shape} {want.dtype}"
+    )
+    scale = max(float(np.abs(want).max(initial=0.0)), np.finfo(want.dtype).tiny)
+    error = float(np.abs(got - want).max(initial=0.0)) / scale
+    assert error <= RTOL[want.dtype], f"{what}: relative error {error:.3g} > {RTOL[want.dtype]:g}"
+
+
+@pytest.fixture(params=["numba", "cupy"])
+def backend(request) -> str:
+    """A backend other than the reference; cupy is skipped where it cannot run."""
+    try:
+        backends.load(request.param)
+    except nd.BackendError as exc:
+        pytest.skip(f"{request.param} backend unavailable: {exc}")
+    return request.param
+
+
+# --------------------------------------------------------------------------------------------
+# selecting a backend
+
+
+def test_default_backend_is_numba():
+    assert backends._default_name() == "numba"
+
+
+def test_set_get_and_use_backend_restore_the_previous_one():
+    previous = nd.get_backend()
+    try:
+        nd.set_backend("NumPy ")  # case and spaces do not matter
+        assert nd.get_backend() == "numpy"
+        with nd.use_backend("numba"):
+            assert nd.get_backend() == "numba"
+            assert backends.active().__name__.endswith("numba_backend")
+        assert nd.get_backend() == "numpy"
+        with pytest.raises(ZeroDivisionError), nd.use_backend("numba"):
+            1 / 0
+        assert nd.get_backend() == "numpy"  # restored on an exception too
+    finally:
+        nd.set_backend(previous)
+
+
+@pytest.mark.parametrize("name", ["torch", "", None, 3])
+def test_unknown_backend_names_the_known_ones(name):
+    previous = nd.get_backend()
+    with pytest.raises(nd.BackendError, match="known backends: numpy, numba, cupy"):
+        nd.set_backend(name)
+    assert nd.get_backend() == previous
+
+
+def test_cupy_missing_names_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy -> ImportError
+    previous = nd.get_backend()
+    with pytest.raises(nd.BackendError, match=r"pip install 'nnderiv\[gpu\]'"):
+        nd.set_backend("cupy")
+    with pytest.raises(nd.BackendError, match="not installed"), nd.use_backend("cupy"):
+        pass  # pragma: no cover - never entered
+    assert nd.get_backend() == previous
+
+
+def test_cupy_without_a_device_says_so(monkeypatch):
+    class Runtime:
+        @staticmethod
+        def getDeviceCount():  # noqa: N802 - CuPy's name
+            raise RuntimeError("cudaErrorNoDevice: no CUDA-capable device is detected")
+
+    fake = type(sys)("cupy")
+    fake.cuda = type(sys)("cupy.cuda")
+    fake.cuda.runtime = Runtime
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    with pytest.raises(nd.BackendError, match="no CUDA device"):
+        nd.set_backend("cupy")
+
+
+def test_telling_a_device_array_never_imports_cupy():
+    was_imported = "cupy" in sys.modules
+    assert not backends.is_device_array(np.zeros(3))
+    assert backends.is_device_array(type("ndarray", (), {"__module__": "cupy._core.core"})())
+    assert ("cupy" in sys.modules) == was_imported
+
+
+# --------------------------------------------------------------------------------------------
+# model.to and mismatched placement
+
+
+def test_model_to_host_backends_keeps_numpy_arrays():
+    inner = nd.MLP([3, 4, 4], seed=0)
+    model = nd.Sequential(inner, nd.Tanh(), nd.Dense(4, 2, seed=1))
+    before = {name: value.copy() for name, value in model.params.items()}
+    for name in ("numpy", "numba"):
+        assert model.to(name) is model
+    for name, value in model.params.items():
+        assert type(value) is np.ndarray
+        np.testing.assert_array_equal(value, before[name])
+    with pytest.raises(nd.BackendError, match="unknown backend"):
+        model.to("gpu")
+
+
+def test_parameters_on_the_wrong_device_name_both_fixes():
+    class DeviceArray:  # stands in for a CuPy array: only its type's module is looked at
+        __module__ = "cupy._core.core"
+
+    model = nd.MLP([2, 4, 1], seed=0)
+    model.layers[0].params["W"] = DeviceArray()
+    with nd.use_backend("numba"), pytest.raises(nd.BackendError, match=r"set_backend\('cupy'\).*model.to\('numpy'\)"):
+        nd.laplacian(model, np.zeros((3, 2)))
+
+
+def test_model_to_cupy_moves_every_parameter(backend):
+    if backend != "cupy":
+        pytest.skip("only the cupy backend moves arrays")
+    model = nd.MLP([2, 4, 1], seed=0)
+    host_params = {name: value.copy() for name, value in model.params.items()}
+    model.to("cupy")
+    assert all(backends.is_device_array(value) for value in model.params.values())
+    for name, value in model.to("numpy").params.items():
+        np.testing.assert_array_equal(value, host_params[name])
+
+
+# --------------------------------------------------------------------------------------------
+# kernels, on random stacks of every kind of table
+
+TABLES = {
+    "full d=3 K=3": multi_index_table(3, 3),
+    "full d=2 K=4": multi_index_table(2, 4),
+    "full d=1 K=1": multi_index_table(1, 1),
+    "full d=2 K=0": multi_index_table(2, 0),
+    "directional n=3 K=4": directional_table(3, 4),
+    "collapsed n=3, 1 negative": collapsed_second_order_table(3, 1),
+    "hessian-vector d=3": hessian_vector_table(3),
+}
+
+
+@pytest.fixture(params=["serial", "parallel"])
+def numba_path(request, monkeypatch):
+    """Numba's kernels run small stacks on the calling thread, large ones on the thread pool: force each."""
+    from nnderiv.backends import numba_backend
+
+    monkeypatch.setattr(numba_backend, "PARALLEL_MIN_ELEMENTS", 2**62 if request.param == "serial" else 0)
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("table_name", sorted(TABLES))
+def test_kernels_match_the_reference(backend, numba_path, table_name, dtype, rng):
+    if backend != "numba" and numba_path == "parallel":
+        pytest.skip("one path only")
+    table, module = TABLES[table_name], backends.load(backend)
+    K, shape = table.order, (table.n_coef, 301, 7)  # several blocks of columns, the last one shorter
+    stack = rng.normal(size=shape).astype(dtype)
+    out_bar = rng.normal(size=shape).astype(dtype)
+    a = taylor_coefficients(nd.get_activation("tanh"), stack[0], K + 1)
+    out, powers = reference.compose_saving(stack, a, table, K)
+    want_bar = reference.compose_vjp(out_bar, stack, powers, a, table, K)
+    dev = module.asarray
+    got_out, got_powers = module.compose_saving(dev(stack), dev(a), table, K)
+    assert_close(module.compose(dev(stack), dev(a[: K + 1]), table, K), out, "compose")
+    assert_close(got_out, out, "compose_saving")
+    assert_close(got_powers, powers, "powers")
+    assert_close(module.compose_vjp(dev(out_bar), dev(stack), got_powers, dev(a), table, K), want_bar, "compose_vjp")
+    for j in range(2, K + 1):
+        for name in ("series_product", "adjoint_left", "adjoint_right"):
+            product = table.series_product(j - 1)
+            product = product if name == "series_product" else getattr(product, name)
+            want = reference.bilinear(stack, out_bar, product)
+            assert_close(module.bilinear(dev(stack), dev(out_bar), product), want, f"bilinear {name} {j}")
+    W = rng.normal(size=(7, 3)).astype(dtype)
+    assert_close(module.affine(dev(stack), dev(W)), reference.affine(stack, W), "affine")
+    assert_close(
+        module.affine_weight_grad(dev(stack), dev(out_bar)), reference.affine_weight_grad(stack, out_bar), "W_bar"
+    )
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activation_derivatives_match_the_reference(backend, name, rng):
+    module, activation = backends.load(backend), ACTIVATIONS[name]
+    z = rng.normal(scale=3.0, size=(4, 6))
+    want = reference.activation_derivatives(activation, z, 5)
+    assert_close(module.activation_derivatives(activation, module.asarray(z), 5), want, name)
+
+
+# --------------------------------------------------------------------------------------------
+# every public function and its pullback: numba against numpy
+
+
+def _weights(d, rng, per_point_n=None):
+    A = rng.normal(size=(d, d))
+    A = A + A.T  # indefinite for d >= 2 (almost surely)
+    return A if per_point_n is None else np.stack([A * (i + 1) for i in range(per_point_n)])
+
+
+def public_calls(model, x, rng):
+    """``(label, fn, kwargs)``: every public derivative function, the ones with options in several ways."""
+    d, n = model.n_inputs, len(x)
+    calls = [("value", nd.value, {}), ("jacobian", nd.jacobian, {}), ("hessian", nd.hessian, {})]
+    calls += [(f"derivatives {k}", nd.derivatives, {"order": k}) for k in range(5)]
+    calls += [
+        ("laplacian", nd.laplacian, {}),
+        ("laplacian weights", nd.laplacian, {"weights": _weights(d, rng)}),
+        ("laplacian per-point weights", nd.laplacian, {"weights": _weights(d, rng, n)}),
+        ("pure_derivatives", nd.pure_derivatives, {"order": 4}),
+        ("taylor", nd.taylor, {"directions": rng.normal(size=(2, d)), "order": 3}),
+        ("taylor per point", nd.taylor, {"directions": rng.normal(size=(n, 2, d)), "order": 2}),
+        ("hvp", nd.hvp, {"v": rng.normal(size=d)}),
+        ("hvp per point", nd.hvp, {"v": rng.normal(size=(n, d))}),
+        ("mixed_partial taylor", nd.mixed_partial, {"indices": (0, 0, d - 1), "strategy": "taylor"}),
+        ("mixed_partial full", nd.mixed_partial, {"indices": (0, d - 1), "strategy": "full"}),
+        ("biharmonic", nd.biharmonic, {}),
+    ]
+    if model.n_outputs == d:
+        calls.append(("divergence", nd.divergence, {}))
+    return calls
+
+
+def _result_arrays(result):
+    return result.coefficients if isinstance(result, nd.Derivatives) else result
+
+
+def _cotangent(result, rng):
+    if isinstance(result, nd.Derivatives):
+        return {k: rng.normal(size=result.tensor(k).shape) for k in range(result.order + 1)}
+    return rng.normal(size=result.shape)
+
+
+def _run(backend, fn, model, x, kwargs, chunk_size, cotangent):
+    with nd.use_backend(backend):
+        result = _result_arrays(fn(model, x, chunk_size=chunk_size, **kwargs))
+        _, pullback = nd.vjp(fn, model, x, wrt="both", chunk_size=chunk_size, **kwargs)
+        grads, x_bar = pullback(cotangent)
+    return result, grads, x_bar
+
+
+@settings(max_examples=6)
+@given(
+    spec=networks(max_depth=3, max_d=3, max_m=3, max_width=5, activations=SMOOTH),
+    dtype=st.sampled_from(["float64", "float32"]),
+    chunk_size=st.sampled_from([None, 3]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_public_functions_and_pullbacks_match_numpy(spec, dtype, chunk_size, seed):
+    rng = np.random.default_rng(seed)
+    model = build_model(spec, dtype)
+    x = rng.uniform(-1, 1, (7, model.n_inputs))
+    for label, fn, kwargs in public_calls(model, x, rng):
+        with nd.use_backend("numpy"):
+            cotangent = _cotangent(fn(model, x, **kwargs), rng)
+        want, want_grads, want_x_bar = _run("numpy", fn, model, x, kwargs, chunk_size, cotangent)
+        got, got_grads, got_x_bar = _run("numba", fn, model, x, kwargs, chunk_size, cotangent)
+        assert_close(got, want, label)
+        assert_close(got_x_bar, want_x_bar, f"{label}: x cotangent")
+        assert list(got_grads) == list(want_grads)
+        for name in want_grads:
+            assert_close(got_grads[name], want_grads[name], f"{label}: gradient of {name}")
+
+
+def test_a_pullback_may_run_on_another_cpu_backend_than_its_forward_sweep(rng):
+    """Both CPU backends save the same things (the Taylor coefficients, the input stack, the powers)."""
+    model = build_model(random_spec(rng, [2, 6, 6, 1], ["tanh", "sin"]))
+    x, cotangent = rng.uniform(-1, 1, (9, 2)), rng.normal(size=(9, 1, 2, 4))
+    results = {}
+    for forward_backend, pullback_backend in [("numpy", "numpy"), ("numba", "numpy"), ("numpy", "numba")]:
+        with nd.use_backend(forward_backend):
+            _, pullback = nd.vjp(nd.pure_derivatives, model, x, order=3)
+        with nd.use_backend(pullback_backend):
+            results[forward_backend, pullback_backend] = pullback(cotangent)
+    want = results["numpy", "numpy"]
+    for grads in results.values():
+        for name in want:
+            assert_close(grads[name], want[name], name)
+
+
+def test_divergence_and_wide_networks_match_numpy(numba_path, rng):
+    """A square field (divergence) and a wider network than Hypothesis draws, in chunks; the Numba
+    kernels on the calling thread and on the thread pool."""
+    spec = random_spec(rng, [3, 16, 16, 3], ["tanh", "gelu"])
+    model = build_model(spec)
+    x = rng.uniform(-1, 1, (50, 3))
+    for label, fn, kwargs in public_calls(model, x, rng):
+        with nd.use_backend("numpy"):
+            cotangent = _cotangent(fn(model, x, **kwargs), rng)
+        want = _run("numpy", fn, model, x, kwargs, 16, cotangent)
+        got = _run("numba", fn, model, x, kwargs, 16, cotangent)
+        assert_close(got[0], want[0], label)
+        assert_close(got[2], want[2], f"{label}: x cotangent")
+        for name in want[1]:
+            assert_close(got[1][name], want[1][name], f"{label}: gradient of {name}")
