@@ -49,7 +49,7 @@ from .losses import MSE, Loss, OperatorMSE
 from .modes.hvp import hvp
 from .modes.laplacian import laplacian
 from .modes.taylor import biharmonic, mixed_partial, pure_derivatives, taylor
-from .operators import vjp
+from .operators import explain, vjp
 from .optim import SGD, Adam
 from .training import History, StopTraining, fit
 
@@ -68,6 +68,7 @@ __all__ = [
     "Dense",
     "Derivatives",
     "ELU",
+    "explain",
     "FileFormatError",
     "GELU",
     "MemoryLimitError",

@@ -57,7 +57,10 @@ def real_array(value, what: str, dtype: np.dtype) -> np.ndarray:
 
 
 def points(x, model) -> np.ndarray:
-    """Validate the points ``x`` for ``model``: a finite ``(N, n_inputs)`` array, cast to the model's dtype."""
+    """Validate the points ``x`` for ``model``: a finite ``(N, n_inputs)`` array, cast to the model's
+    dtype, in host memory (a CuPy array is copied back: the engine moves the seed to the device)."""
+    if type(x).__module__.split(".", 1)[0] == "cupy":  # as backends.is_device_array, without importing it
+        x = x.get()
     array = real_array(x, "x", model.dtype)
     if array.ndim != 2 or array.shape[1] != model.n_inputs:
         hint = " (use x.reshape(-1, 1) for one input)" if array.ndim == 1 and model.n_inputs == 1 else ""

@@ -116,7 +116,7 @@ def _fill_sigmoid_from(z, e, out):
     lower = e * upper  # sigma(-|z|) = 1 - sigma(|z|), to full relative accuracy
     out[:1] = np.where(z >= 0, upper, lower)
     out[1:2] = upper * lower
-    _fill_riccati(np.copysign(0.5 * (upper - lower), z), out)
+    _fill_riccati(0.5 * np.tanh(0.5 * z), out)  # sigma - 1/2, without cancelling near 0
 
 
 def _fill_sigmoid(z, out):

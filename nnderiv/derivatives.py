@@ -15,6 +15,7 @@ import numpy as np
 from . import _validation as check
 from .combinatorics import MultiIndexTable
 from .errors import ConfigError, OrderError, ShapeError
+from .modes import reverse
 from .modes.full import FullMode
 from .operators import Plan, register, run
 
@@ -95,17 +96,42 @@ class Derivatives:
         return f"Derivatives(order={self.order}, N={n}, m={m}, d={self.n_inputs})"
 
 
-def _plan_full(model, x, *, for_vjp, order=2, view=None, cotangent_orders=None) -> Plan:
-    """Full mode of ``order``; the result is ``view(Derivatives)`` (the Derivatives by default)."""
+def _plan_full(model, x, *, for_vjp, order=2, view=None, cotangent_orders=None, strategy="auto") -> Plan:
+    """Every derivative up to ``order``; the result is ``view(Derivatives)`` (the Derivatives by
+    default). Full forward mode, or for orders 1 and 2 the reverse sweeps of
+    :mod:`nnderiv.modes.reverse` when they propagate fewer rows (``strategy``)."""
     order = check.order(order)
+    chosen, options = _choose_strategy(model, order, strategy, for_vjp)
     mode = FullMode(model.n_inputs, order, for_vjp=for_vjp)
     view = view or (lambda D: D)
     as_orders = cotangent_orders or _cotangent_orders
 
+    def readout(out_stack):
+        return view(Derivatives(out_stack, mode.table))
+
     def readout_vjp(cotangent, out_stack):
         return _stack_cotangent(as_orders(cotangent), mode.table, *out_stack.shape[1:], model.dtype)
 
-    return Plan(mode, lambda out_stack: view(Derivatives(out_stack, mode.table)), readout_vjp)
+    def by_reverse_sweep(x, chunk_size):
+        return readout(reverse.coefficients(reverse.evaluate(model, x, order, chunk_size), order))
+
+    evaluate = by_reverse_sweep if chosen == "reverse" else None
+    return Plan(mode, readout, readout_vjp, strategy=chosen, options=options, evaluate=evaluate)
+
+
+def _choose_strategy(model, order: int, strategy, for_vjp: bool) -> tuple[str, tuple]:
+    """``(name, options)``: the strategy to use and those weighed."""
+    names = ("auto", "forward", "reverse")
+    if strategy not in names:
+        raise ConfigError(f"strategy must be one of {', '.join(map(repr, names))}, got {strategy!r}")
+    options = tuple(reverse.strategies(model.n_inputs, model.n_outputs, order))
+    if strategy == "reverse" and len(options) == 1:
+        raise ConfigError(f"the reverse strategy computes orders 1 and 2, not {order}: use strategy='forward'")
+    if for_vjp:  # pullbacks exist for the forward rules
+        if strategy == "reverse":
+            raise ConfigError("vjp needs strategy='forward' (or 'auto'): the reverse sweeps have no pullback")
+        return "forward", options
+    return reverse.choose(model.n_inputs, model.n_outputs, order, strategy).name, options
 
 
 def _plan_view(order: int, view: Callable):
@@ -113,18 +139,21 @@ def _plan_view(order: int, view: Callable):
     return partial(_plan_full, order=order, view=view, cotangent_orders=lambda cot: {order: cot})
 
 
-def derivatives(model, x, order: int = 2, *, chunk_size: int | None = None) -> Derivatives:
+def derivatives(model, x, order: int = 2, *, strategy: str = "auto", chunk_size: int | None = None) -> Derivatives:
     """Every partial derivative of ``model`` at ``x`` up to ``order``, mixed ones included.
 
     One forward sweep of stacked Taylor coefficients (``C(d + order, order)`` rows): see
-    :mod:`nnderiv.modes.full`. ``x`` has shape ``(N, d)``.
+    :mod:`nnderiv.modes.full`. ``x`` has shape ``(N, d)``. For orders 1 and 2, ``strategy="auto"``
+    takes a reverse sweep instead when it propagates fewer rows (few outputs, many inputs:
+    :mod:`nnderiv.modes.reverse`); ``"forward"`` or ``"reverse"`` force one, and
+    :func:`nnderiv.explain` shows the choice. All agree to rounding.
 
     >>> import nnderiv as nd
     >>> model = nd.MLP([1, 1], activation="tanh", seed=0)   # f(x) = w x + b: second derivative 0
     >>> float(nd.derivatives(model, np.ones((1, 1)), order=2).hessian[0, 0, 0, 0])
     0.0
     """
-    return run(_plan_full, model, x, chunk_size, order=order)
+    return run(_plan_full, model, x, chunk_size, order=order, strategy=strategy)
 
 
 def value(model, x, *, chunk_size: int | None = None) -> np.ndarray:
@@ -132,25 +161,31 @@ def value(model, x, *, chunk_size: int | None = None) -> np.ndarray:
     return run(_plan_value, model, x, chunk_size)
 
 
-def jacobian(model, x, *, chunk_size: int | None = None) -> np.ndarray:
+def jacobian(model, x, *, strategy: str = "auto", chunk_size: int | None = None) -> np.ndarray:
     """``d f_i / d x_j`` at every point: shape ``(N, m, d)``.
+
+    Forward mode (``1 + d`` rows) or reverse mode (``1 + m``), whichever is cheaper: ``strategy``
+    as in :func:`derivatives`.
 
     >>> import nnderiv as nd
     >>> nd.jacobian(nd.MLP([3, 4, 2], seed=0), np.zeros((5, 3))).shape
     (5, 2, 3)
     """
-    return run(_plan_jacobian, model, x, chunk_size)
+    return run(_plan_jacobian, model, x, chunk_size, strategy=strategy)
 
 
-def hessian(model, x, *, chunk_size: int | None = None) -> np.ndarray:
+def hessian(model, x, *, strategy: str = "auto", chunk_size: int | None = None) -> np.ndarray:
     """``d^2 f_i / d x_j d x_k`` at every point: shape ``(N, m, d, d)``.
+
+    Full forward mode (``C(d + 2, 2)`` rows) or forward-over-reverse (``(1 + d)(1 + m)`` rows),
+    whichever is cheaper: ``strategy`` as in :func:`derivatives`.
 
     >>> import nnderiv as nd
     >>> H = nd.hessian(nd.MLP([3, 4, 2], seed=0), np.ones((5, 3)))
     >>> H.shape, bool(np.allclose(H, H.transpose(0, 1, 3, 2)))
     ((5, 2, 3, 3), True)
     """
-    return run(_plan_hessian, model, x, chunk_size)
+    return run(_plan_hessian, model, x, chunk_size, strategy=strategy)
 
 
 def divergence(model, x, *, chunk_size: int | None = None) -> np.ndarray:

@@ -42,9 +42,12 @@ def bytes_per_point(model, mode) -> int:
     return (peak + kept) * model.dtype.itemsize
 
 
-def chunk_size_for(model, mode, n_points: int, chunk_size) -> int:
-    """Validate ``chunk_size`` against the memory limit, or pick ``n_points`` when all of it fits."""
-    per_point, limit = bytes_per_point(model, mode), get_memory_limit()
+def chunk_size_for(model, mode, n_points: int, chunk_size, *, extra_rows: int = 0) -> int:
+    """Validate ``chunk_size`` against the memory limit, or pick ``n_points`` when all of it fits.
+    ``extra_rows``: rows of a second sweep (reverse strategies) beside the mode's own."""
+    widest = max(width for _, width in leaf_layers(model)) if extra_rows else 0
+    per_point = bytes_per_point(model, mode) + 3 * extra_rows * max(widest, model.n_outputs) * model.dtype.itemsize
+    limit = get_memory_limit()
     if chunk_size is None:
         if per_point * n_points > limit:
             raise MemoryLimitError(
@@ -63,21 +66,22 @@ def chunk_size_for(model, mode, n_points: int, chunk_size) -> int:
     return chunk_size
 
 
-def _chunks(n_points: int, size: int):
+def chunks(n_points: int, size: int) -> list[slice]:
+    """The points ``0 .. n_points`` cut into slices of ``size``."""
     return [slice(start, min(start + size, n_points)) for start in range(0, max(n_points, 1), size)]
 
 
 def evaluate(model, mode, x: np.ndarray, chunk_size=None) -> np.ndarray:
     """The output stack ``(mode.n_rows, N, n_outputs)`` of ``model`` at the points ``x``."""
     size = chunk_size_for(model, mode, len(x), chunk_size)
-    outs = [model.forward(mode, mode.seed(x[part], part))[0] for part in _chunks(len(x), size)]
+    outs = [model.forward(mode, mode.seed(x[part], part))[0] for part in chunks(len(x), size)]
     return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
 
 
 def evaluate_with_pullback(model, mode, x: np.ndarray, chunk_size=None):
     """Output stack and ``pullback(out_bar) -> (param grads, x_bar)``; ``mode.for_vjp`` must be set."""
     size = chunk_size_for(model, mode, len(x), chunk_size)
-    parts = _chunks(len(x), size)
+    parts = chunks(len(x), size)
     if len(parts) == 1:
         out, saved = model.forward(mode, mode.seed(x))
 

@@ -17,6 +17,13 @@ def asarray(array):
     return backends.active().asarray(array)
 
 
+def host(array):
+    """``array`` in host memory, as a NumPy array (copied back from the GPU if it is a CuPy array)."""
+    from .backends.numpy_backend import asarray
+
+    return asarray(array)
+
+
 def activation_derivatives(activation, z, k: int):
     """``[g(z), g'(z), ..., g^(k)(z)]``, shape ``(k + 1, *z.shape)``, on the backend's arrays."""
     return backends.active().activation_derivatives(activation, z, k)
@@ -50,6 +57,27 @@ def affine_weight_grad(stack, z_bar):
 def bilinear(a, b, table):
     """``out[table.target[p]] += a[table.left[p]] * b[table.right[p]]`` for every pair ``p``."""
     return backends.active().bilinear(a, b, table)
+
+
+def taylor_coefficients(activation, z, order: int):
+    """``a_j = g^(j)(z) / j!`` for ``j = 0..order``: shape ``(order + 1, *z.shape)``."""
+    return backends.active().taylor_coefficients(activation, z, order)
+
+
+def activate(stack, activation, table, order: int):
+    """The activation step on a series: ``compose`` of the activation's Taylor coefficients at the
+    value row (a backend may fuse the two: numba does for tanh and sigmoid)."""
+    return backends.active().activate(stack, activation, table, order)
+
+
+def activate_saving(stack, activation, table, order: int):
+    """:func:`activate` and what its pullback needs: ``(out, a, powers)``, ``a`` to order ``order + 1``."""
+    return backends.active().activate_saving(stack, activation, table, order)
+
+
+def activation_adjoint(adjoint, a, stack):
+    """An activation step of a reverse sweep: ``z_bar = h_bar g'``, tangents ``h_bar_i g' + h_bar g'' z_i``."""
+    return backends.active().activation_adjoint(adjoint, a, stack)
 
 
 def compose(stack, a, table, order: int):

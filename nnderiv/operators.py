@@ -16,17 +16,26 @@ from typing import Any
 import numpy as np
 
 from . import _validation as check
-from . import engine
+from . import engine, kernels
 from .errors import ConfigError, NnderivWarning
 
 
 @dataclass(frozen=True)
 class Plan:
-    """``readout(out_stack)`` is the result; ``readout_vjp(cotangent, out_stack)`` the stack cotangent."""
+    """``readout(out_stack)`` is the result; ``readout_vjp(cotangent, out_stack)`` the stack cotangent.
+
+    ``options`` are the strategies the planner weighed (:class:`~nnderiv.modes.reverse.Strategy`,
+    empty when there is one way), ``strategy`` the one it took; a strategy other than propagating
+    ``mode`` comes with ``evaluate(x, chunk_size) -> result``, used by :func:`run` (never by
+    :func:`vjp`, which needs the mode's pullbacks).
+    """
 
     mode: Any
     readout: Callable[[np.ndarray], Any]
     readout_vjp: Callable[[Any, np.ndarray], np.ndarray]
+    strategy: str = "forward"
+    options: tuple = ()
+    evaluate: Callable[[np.ndarray, Any], Any] | None = None
 
 
 #: public function -> planner(model, x, *, for_vjp, **kwargs) -> Plan
@@ -56,7 +65,51 @@ def run(planner: Callable, model, x, chunk_size=None, **kwargs):
     x = check.points(x, model)
     plan = planner(model, x, for_vjp=False, **kwargs)
     _warn_if_nonsmooth(model, plan.mode.order)
-    return plan.readout(engine.evaluate(model, plan.mode, x, chunk_size))
+    if plan.evaluate is not None:
+        return plan.evaluate(x, chunk_size)
+    return plan.readout(kernels.host(engine.evaluate(model, plan.mode, x, chunk_size)))
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """How :func:`explain` found ``fn`` would be computed: the options and the one chosen."""
+
+    function: str
+    strategy: str
+    options: tuple
+
+    def __str__(self):
+        lines = [f"{self.function}: strategy {self.strategy!r}"]
+        for option in self.options:
+            mark = "*" if option.name == self.strategy else " "
+            lines.append(f"  {mark} {option.name:<10} {option.rows:>6} stacked rows   {option.description}")
+        return "\n".join(lines)
+
+
+def explain(fn, model, x, **kwargs) -> Explanation:
+    """How ``fn(model, x, **kwargs)`` would be computed, without computing it.
+
+    Lists the strategies considered with their cost in stacked coefficient rows (each row is one
+    ``(N, width)`` slab through every matrix product; see ``docs/performance.md``) and marks the
+    one chosen; pass ``strategy=...`` to ``fn`` to override it.
+
+    >>> import numpy as np, nnderiv as nd
+    >>> print(nd.explain(nd.hessian, nd.MLP([8, 32, 1], seed=0), np.zeros((10, 8))))
+    nd.hessian: strategy 'reverse'
+        forward        45 stacked rows   full forward mode, C(d + 2, 2) rows
+      * reverse        19 stacked rows   forward-over-reverse: (1 + d) rows forward, (1 + d) m back
+    """
+    from .derivatives import value
+    from .modes.reverse import Strategy
+
+    planner = PLANNERS.get(value if fn is model else fn)
+    if planner is None:
+        raise ConfigError(f"cannot explain {fn!r}; known: {', '.join(supported())}")
+    plan = planner(model, check.points(x, model), for_vjp=False, **kwargs)
+    mode = plan.mode
+    options = plan.options or (Strategy(plan.strategy, mode.n_rows, f"{type(mode).__name__}, {mode.n_rows} rows"),)
+    name = "value" if fn is model else fn.__name__
+    return Explanation(f"nd.{name}", plan.strategy, tuple(options))
 
 
 def vjp(fn, model, x, *, wrt: str = "params", chunk_size=None, **kwargs):
@@ -88,13 +141,15 @@ def vjp(fn, model, x, *, wrt: str = "params", chunk_size=None, **kwargs):
     plan = planner(model, x, for_vjp=True, **kwargs)
     _warn_if_nonsmooth(model, plan.mode.order)
     out_stack, stack_pullback = engine.evaluate_with_pullback(model, plan.mode, x, chunk_size)
+    out_stack = kernels.host(out_stack)  # read-outs and their adjoints run on the host: small arrays
     out = plan.readout(out_stack)
 
     def pullback(cotangent):
         if isinstance(out, np.ndarray):  # nothing silently broadcast
             cotangent = check.real_array(cotangent, "cotangent", model.dtype)
             check.same_shape(cotangent, out.shape, "the cotangent (the shape of the output)")
-        grads, x_bar = stack_pullback(plan.readout_vjp(cotangent, out_stack))
+        grads, x_bar = stack_pullback(kernels.asarray(plan.readout_vjp(cotangent, out_stack)))
+        x_bar = kernels.host(x_bar)  # like x; the gradients stay beside the parameters
         return {"params": grads, "x": x_bar, "both": (grads, x_bar)}[wrt]
 
     return out, pullback

@@ -7,7 +7,9 @@ backend is compared kernel by kernel, and skipped when CuPy is not installed or 
 
 Tolerances, relative to the largest entry of the reference array: the Numba kernels add the same
 products in the same order as the reference with exact IEEE arithmetic (``fastmath=False``), so
-they agree to rounding (measured: bit for bit); we allow 1e-12 in float64 and 1e-5 in float32.
+they agree to rounding (measured: bit for bit), except for the Taylor coefficients of tanh and
+sigmoid, which Numba computes with its own vectorized formulas (within a few ulp:
+``tests/test_numba_activations.py``); we allow 1e-12 in float64 and 1e-5 in float32.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from nnderiv.combinatorics import (
     hessian_vector_table,
     multi_index_table,
 )
-from nnderiv.modes.series import taylor_coefficients
+from nnderiv.kernels import taylor_coefficients
 
 RTOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-5}
 
@@ -208,6 +210,10 @@ def test_kernels_match_the_reference(backend, numba_path, table_name, dtype, rng
             product = product if name == "series_product" else getattr(product, name)
             want = reference.bilinear(stack, out_bar, product)
             assert_close(module.bilinear(dev(stack), dev(out_bar), product), want, f"bilinear {name} {j}")
+    tangents = 1 if K == 0 else min(table.n_coef, 4)  # a reverse sweep's h_bar and its tangents
+    adjoint = rng.normal(size=(tangents, 2, *shape[1:])).astype(dtype)
+    want = reference.activation_adjoint(adjoint, a, stack)
+    assert_close(module.activation_adjoint(dev(adjoint), dev(a), dev(stack)), want, "activation_adjoint")
     W = rng.normal(size=(7, 3)).astype(dtype)
     assert_close(module.affine(dev(stack), dev(W)), reference.affine(stack, W), "affine")
     assert_close(
@@ -221,6 +227,31 @@ def test_activation_derivatives_match_the_reference(backend, name, rng):
     z = rng.normal(scale=3.0, size=(4, 6))
     want = reference.activation_derivatives(activation, z, 5)
     assert_close(module.activation_derivatives(activation, module.asarray(z), 5), want, name)
+    for dtype in (np.float64, np.float32):  # numba: its own vectorized tanh and sigmoid
+        z_t = z.astype(dtype)
+        want = reference.taylor_coefficients(activation, z_t, 6)
+        assert_close(module.taylor_coefficients(activation, module.asarray(z_t), 6), want, f"{name} coefficients")
+
+
+@pytest.mark.parametrize("name", ["tanh", "sigmoid", "softplus"])
+@pytest.mark.parametrize("order", [0, 1, 2, 4])
+def test_fused_activation_steps_match_the_reference(backend, numba_path, name, order, rng):
+    """The activation step with its coefficients computed inside the kernel (numba: tanh, sigmoid)."""
+    if backend != "numba" and numba_path == "parallel":
+        pytest.skip("one path only")
+    module, activation, table = backends.load(backend), ACTIVATIONS[name], multi_index_table(2, order)
+    stack = rng.normal(scale=2.0, size=(table.n_coef, 301, 7))
+    stack[0, 0, :3] = [np.nan, np.inf, -np.inf]
+    want = reference.activate(stack, activation, table, order)
+    got = host(module.activate(module.asarray(stack), activation, table, order))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    finite = np.isfinite(want)
+    assert_close(got[finite], want[finite], f"{name} order {order}")
+    out, a, powers = module.activate_saving(module.asarray(stack), activation, table, order)
+    want_out, want_a, want_powers = reference.activate_saving(stack, activation, table, order)
+    for got_part, want_part, label in ((out, want_out, "out"), (a, want_a, "a"), (powers, want_powers, "powers")):
+        finite = np.isfinite(want_part)
+        assert_close(host(got_part)[finite], want_part[finite], label)
 
 
 # --------------------------------------------------------------------------------------------

@@ -759,3 +759,12 @@ def test_per_point_psd_weights_need_no_negative_directions(rng):
     u = rng.normal(size=(3, d))
     A = np.einsum("ni,nj->nij", u, u)  # PSD, rank 1 at every point
     assert _plan_laplacian(model, x, for_vjp=False, weights=A).mode.n_rows <= d + 2
+
+
+@pytest.mark.parametrize("strategy", ["full", "taylor"])
+def test_float32_models_give_float32_results(strategy):
+    model = nd.MLP([2, 3, 1], seed=0, dtype="float32")
+    x = np.zeros((2, 2), np.float32)
+    assert nd.mixed_partial(model, x, (0, 1), strategy=strategy).dtype == np.float32
+    for fn in (nd.laplacian, nd.biharmonic, nd.hessian, nd.jacobian):
+        assert fn(model, x).dtype == np.float32

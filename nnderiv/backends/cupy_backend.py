@@ -16,12 +16,14 @@ from __future__ import annotations
 from .. import activations
 from ..errors import BackendError
 from .numpy_backend import (  # noqa: F401 (re-exported: the same code on CuPy arrays)
+    activation_adjoint,
     affine,
     affine_weight_grad,
     bilinear,
     compose,
     compose_saving,
     compose_vjp,
+    divide_by_factorials,
 )
 
 ON_DEVICE = True
@@ -90,3 +92,20 @@ def activation_derivatives(activation, z, k: int):
     out = cupy.empty((k + 1, z.size), dtype=z.dtype)
     fill(z.reshape(-1), out)
     return out.reshape(k + 1, *z.shape)
+
+
+def taylor_coefficients(activation, z, order: int):
+    """``a_j = g^(j)(z) / j!`` for ``j = 0..order``, on the GPU."""
+    return divide_by_factorials(activation_derivatives(activation, z, order))
+
+
+def activate(stack, activation, table, order: int):
+    """The activation step (the reference's, with the coefficients computed on the GPU)."""
+    return compose(stack, taylor_coefficients(activation, stack[0], order), table, order)
+
+
+def activate_saving(stack, activation, table, order: int):
+    """:func:`activate` and what its pullback needs: ``(out, a, powers)``, ``a`` to order ``order + 1``."""
+    a = taylor_coefficients(activation, stack[0], order + 1)
+    out, powers = compose_saving(stack, a, table, order)
+    return out, a, powers

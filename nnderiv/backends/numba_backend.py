@@ -30,6 +30,8 @@ import numba
 import numpy as np
 
 from . import numpy_backend as reference
+from ._allocator import keep_freed_memory
+from .numba_activations import KINDS, fill_block
 from .numpy_backend import activation_derivatives, affine, affine_weight_grad, asarray  # noqa: F401 (re-exported)
 
 ON_DEVICE = False
@@ -39,6 +41,7 @@ ON_DEVICE = False
 # 2 threads on 2 cores. Passive waiting costs microseconds per kernel. A choice the user made wins;
 # it has no effect if an OpenMP runtime was loaded before the first parallel kernel ran.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+MALLOC_TUNED = keep_freed_memory()
 
 #: elements of one (rows, block) buffer: a few such buffers per thread stay in the L2 cache
 BUFFER_ELEMENTS = 32768
@@ -93,7 +96,9 @@ class CompositionTables:
 def composition_tables(table) -> CompositionTables:
     """The packed runs of ``table`` (cached for the table's lifetime: tables are cached too)."""
     products = {j: table.series_product(j - 1) for j in range(2, table.order + 1)}
-    first = np.array([table.degree_slice(k).start for k in range(table.order + 1)], dtype=np.intp)
+    # first row of each degree, and past the end for degrees up to order + 2 (no such rows)
+    first = [table.degree_slice(k).start for k in range(table.order + 1)] + [table.n_coef] * 2
+    first = np.array(first, dtype=np.intp)
     return CompositionTables(
         _pack(products),
         _pack({j: p.adjoint_left for j, p in products.items()}),
@@ -197,21 +202,27 @@ def _bilinear(a, b, runs, out, block, threads):
 
 
 @_kernel(parallel=False)
-def _compose_block(out, z, a, order, runs, starts, first, powers, save, s, n, buffers):
-    """Columns ``s : s + n`` of :func:`_compose`; ``buffers`` ``(4, rows, >= n)``."""
+def _compose_block(out, z, a, kind, order, runs, starts, first, powers, save, s, n, buffers, coefs):
+    """Columns ``s : s + n`` of :func:`_compose`; ``buffers`` ``(4, rows, >= n)``. With ``kind > 0``
+    the coefficients ``a_j`` of the block are computed here, into ``coefs`` ``(order + 2, >= n)``."""
     z_block, out_block, previous, current = buffers[0], buffers[1], buffers[2], buffers[3]
-    _copy(out[0, s : s + n], a[0, s : s + n])
+    if kind > 0:  # the activation's Taylor coefficients, from the value row: never in memory
+        fill_block(kind, z[0, s : s + n], coefs, order, n, coefs[order + 1])
+        a, c = coefs, 0
+    else:
+        c = s
+    _copy(out[0, s : s + n], a[0, c : c + n])
     for r in range(1, z.shape[0]):  # delta (the value row is never read), and a_1 delta
         _copy(z_block[r, :n], z[r, s : s + n])
         if r < first[2]:  # first-order rows are final: written out at once
-            _multiply(out[r, s : s + n], a[1, s : s + n], z_block[r, :n])
+            _multiply(out[r, s : s + n], a[1, c : c + n], z_block[r, :n])
         else:
-            _multiply(out_block[r, :n], a[1, s : s + n], z_block[r, :n])
+            _multiply(out_block[r, :n], a[1, c : c + n], z_block[r, :n])
     for j in range(2, order + 1):  # current = delta^j = delta * delta^{j-1}
         _zero(current, n, first[j])
         _add_runs(current, z_block, z_block if j == 2 else previous, runs, starts[j], starts[j + 1], n)
         for r in range(first[j], z.shape[0]):
-            _multiply_add(out_block[r, :n], a[j, s : s + n], current[r, :n])
+            _multiply_add(out_block[r, :n], a[j, c : c + n], current[r, :n])
         if save:
             _store(powers[j - 2], s, current, n, first[j])
         previous, current = current, previous
@@ -219,16 +230,69 @@ def _compose_block(out, z, a, order, runs, starts, first, powers, save, s, n, bu
 
 
 @_kernel(parallel=True)
-def _compose(z, a, order, runs, starts, first, out, powers, save, block, threads):
-    """``out = a_0`` on row 0, ``sum_j a_j delta^j`` elsewhere; if ``save``, ``powers[j - 2] = delta^j``."""
+def _compose(z, a, kind, order, runs, starts, first, out, powers, save, block, threads):
+    """``out = a_0`` on row 0, ``sum_j a_j delta^j`` elsewhere; if ``save``, ``powers[j - 2] = delta^j``.
+    ``a``: the coefficients (``kind == 0``), or computed per block for activation ``kind``."""
     rows, m = z.shape
     n_workers = max(1, min(threads, (m + block - 1) // block))  # buffers: once per worker
     for worker in numba.prange(n_workers):
         buffers = np.empty((4, rows, block + PAD), dtype=z.dtype)
+        coefs = np.empty((order + 2, block + PAD), dtype=z.dtype)
         for blk in _worker_blocks(worker, n_workers, m, block):
             s = blk * block
             n = min(block, m - s)
-            _compose_block(out, z, a, order, runs, starts, first, powers, save, s, n, buffers)
+            _compose_block(out, z, a, kind, order, runs, starts, first, powers, save, s, n, buffers, coefs)
+
+
+@_kernel(parallel=True)
+def _fill(kind, z, a, order, block, threads):
+    """``a[j] = g^(j)(z) / j!`` for activation ``kind``, ``j = 0..order``, in parallel blocks."""
+    m = z.shape[0]
+    n_workers = max(1, min(threads, (m + block - 1) // block))
+    for worker in numba.prange(n_workers):
+        coefs = np.empty((order + 2, block + PAD), dtype=z.dtype)
+        for blk in _worker_blocks(worker, n_workers, m, block):
+            s = blk * block
+            n = min(block, m - s)
+            fill_block(kind, z[s : s + n], coefs, order, n, coefs[order + 1])
+            _store(a, s, coefs, n, 0)
+
+
+# --- an activation step of a reverse sweep (nnderiv.modes.reverse) ------------------------------
+
+
+@_kernel(parallel=False)
+def _tangent_adjoint(out, adjoint, a1, a2, z, adjoint0):
+    """``out = adjoint a_1 + ((2 a_2) z) adjoint_0`` on 1D slices (the reference's order)."""
+    for i in range(len(out)):
+        out[i] = adjoint[i] * a1[i] + ((2.0 * a2[i]) * z[i]) * adjoint0[i]
+
+
+@_kernel(parallel=True)
+def _activation_adjoint(adjoint, a, z, out, block, threads):
+    """``out[0] = adjoint[0] a_1``, ``out[t] = adjoint[t] a_1 + ((2 a_2) z_t) adjoint[0]``, over
+    blocks of the flattened points; shapes ``(T, m, M)``."""
+    tangents, m, size = adjoint.shape
+    n_workers = max(1, min(threads, (size + block - 1) // block))
+    for worker in numba.prange(n_workers):
+        for blk in _worker_blocks(worker, n_workers, size, block):
+            s = blk * block
+            e = min(s + block, size)
+            for k in range(m):
+                _multiply(out[0, k, s:e], adjoint[0, k, s:e], a[1, s:e])
+                for t in range(1, tangents):
+                    _tangent_adjoint(out[t, k, s:e], adjoint[t, k, s:e], a[1, s:e], a[2, s:e], z[t, s:e],
+                                     adjoint[0, k, s:e])  # fmt: skip
+
+
+def activation_adjoint(adjoint, a, stack):
+    """One activation step of a reverse sweep: one parallel pass (see the reference)."""
+    tangents, m = adjoint.shape[:2]
+    flat = np.ascontiguousarray(adjoint).reshape(tangents, m, -1)
+    out = np.empty_like(flat)
+    threads = 1 if flat.size < PARALLEL_MIN_ELEMENTS else numba.get_num_threads()
+    _activation_adjoint(flat, _flat(a), _flat(stack), out, 4096, threads)
+    return out.reshape(adjoint.shape)
 
 
 # --- the activation step, pullback ---------------------------------------------------------------
@@ -333,22 +397,25 @@ def bilinear(a, b, table):
     return out
 
 
-def _composition(stack, a, table, order: int, save: bool):
+def _composition(stack, a, table, order: int, save: bool, kind: int = 0):
+    """The activation step on ``stack``, with coefficients ``a`` (``kind == 0``) or those of
+    activation ``kind`` computed per block; returns ``(out, powers)`` (powers empty unless ``save``)."""
     # outputs are allocated by NumPy, not inside the kernel: NumPy asks for huge pages for large
     # arrays, Numba's allocator does not, and first-touch page faults would cost more than the math
     tables, block = composition_tables(table), _block(len(stack))
     out = np.empty_like(stack, order="C")
     powers = np.zeros((max(order - 1, 0) if save else 0, *stack.shape), dtype=stack.dtype)
-    z, coefs, flat_out, flat_powers, forward = _flat(stack), _flat(a), _flat(out), _flat_powers(powers), tables.forward
+    z, flat_out, flat_powers, forward = _flat(stack), _flat(out), _flat_powers(powers), tables.forward
+    coefs = _flat(a) if kind == 0 else np.empty((0, 0), dtype=stack.dtype)
+    args = (order, forward.runs, forward.starts, tables.first)
     if _serial(stack):  # the block kernel, called from here: no thread pool involved
         buffers = np.empty((4, len(stack), block + PAD), dtype=stack.dtype)
+        coef_block = np.empty((order + 2, block + PAD), dtype=stack.dtype)
         for s in range(0, z.shape[1], block):
             n = min(block, z.shape[1] - s)
-            _compose_block(flat_out, z, coefs, order, forward.runs, forward.starts, tables.first, flat_powers, save, s,
-                           n, buffers)  # fmt: skip
+            _compose_block(flat_out, z, coefs, kind, *args, flat_powers, save, s, n, buffers, coef_block)
     else:
-        _compose(z, coefs, order, forward.runs, forward.starts, tables.first, flat_out, flat_powers, save, block,
-                 numba.get_num_threads())  # fmt: skip
+        _compose(z, coefs, kind, *args, flat_out, flat_powers, save, block, numba.get_num_threads())
     return out, powers
 
 
@@ -364,6 +431,35 @@ def compose_saving(stack, a, table, order: int):
     if order <= 1:
         return reference.compose_saving(stack, a, table, order)
     return _composition(stack, a, table, order, save=True)
+
+
+def taylor_coefficients(activation, z, order: int):
+    """``a_j = g^(j)(z) / j!``, ``j = 0..order``: for tanh and sigmoid one vectorized parallel pass
+    (:mod:`~nnderiv.backends.numba_activations`), for the others the reference's NumPy fills."""
+    kind = KINDS.get(activation.name, 0)
+    if kind == 0 or z.dtype not in (np.float32, np.float64):
+        return reference.taylor_coefficients(activation, z, order)
+    a = np.empty((order + 1, *z.shape), dtype=z.dtype)
+    flat = np.ascontiguousarray(z).reshape(-1)
+    threads = 1 if flat.size * (order + 1) < PARALLEL_MIN_ELEMENTS else numba.get_num_threads()
+    _fill(kind, flat, a.reshape(order + 1, -1), order, _block(order + 2), threads)
+    return a
+
+
+def activate(stack, activation, table, order: int):
+    """The activation step: ``g`` applied to the series ``stack``. For tanh and sigmoid the
+    coefficients ``a_j`` are computed inside the composition, block by block, and never stored."""
+    kind = KINDS.get(activation.name, 0)
+    if kind == 0 or stack.dtype not in (np.float32, np.float64):
+        return compose(stack, taylor_coefficients(activation, stack[0], order), table, order)
+    return _composition(stack, None, table, order, save=False, kind=kind)[0]
+
+
+def activate_saving(stack, activation, table, order: int):
+    """:func:`activate` and what its pullback needs: ``(out, a, powers)``, ``a`` to order ``order + 1``."""
+    a = taylor_coefficients(activation, stack[0], order + 1)
+    out, powers = compose_saving(stack, a, table, order)
+    return out, a, powers
 
 
 def compose_vjp(out_bar, stack, powers, a, table, order: int):

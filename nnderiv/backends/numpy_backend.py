@@ -13,6 +13,7 @@ run: ``out[t0 : t0 + n] += a[l0 : l0 + n] * b[r0 : r0 + n]``.
 from __future__ import annotations
 
 import sys
+from math import factorial
 
 import numpy as np
 
@@ -39,6 +40,18 @@ def asarray(array) -> np.ndarray:
 def activation_derivatives(activation, z, k: int):
     """``[g(z), g'(z), ..., g^(k)(z)]``, shape ``(k + 1, *z.shape)``: the activation's closed forms."""
     return activation.derivatives(z, k)
+
+
+def taylor_coefficients(activation, z, order: int):
+    """``a_j = g^(j)(z) / j!`` for ``j = 0..order``: shape ``(order + 1, *z.shape)``."""
+    return divide_by_factorials(activation_derivatives(activation, z, order))
+
+
+def divide_by_factorials(derivatives):
+    """``[g, g', g'', ...]`` -> ``[g, g', g''/2!, ...]``, in place."""
+    for j in range(2, len(derivatives)):
+        derivatives[j] *= 1.0 / factorial(j)
+    return derivatives
 
 
 # --- matrix products -----------------------------------------------------------------------------
@@ -115,6 +128,32 @@ def compose_saving(stack, a, table, order: int):
     """:func:`compose` and the powers ``delta^2 .. delta^K`` its pullback needs: ``(out, powers)``."""
     powers = series_powers(stack, table, order)
     return _accumulate(stack, a, table, order, powers), powers
+
+
+def activate(stack, activation, table, order: int):
+    """The activation step: ``g`` applied to the series ``stack`` (:func:`compose` of its coefficients)."""
+    return compose(stack, taylor_coefficients(activation, stack[0], order), table, order)
+
+
+def activate_saving(stack, activation, table, order: int):
+    """:func:`activate` and what its pullback needs: ``(out, a, powers)``, ``a`` to order ``order + 1``."""
+    a = taylor_coefficients(activation, stack[0], order + 1)
+    out, powers = compose_saving(stack, a, table, order)
+    return out, a, powers
+
+
+def activation_adjoint(adjoint, a, stack):
+    """One activation step of a reverse sweep (:mod:`nnderiv.modes.reverse`): ``adjoint``
+    ``(T, m, N, width)`` holds ``h_bar`` and, for ``T > 1``, its ``T - 1`` tangents; ``a`` the
+    activation's Taylor coefficients at the value row of ``stack`` (the layer's input series).
+
+    ``z_bar = h_bar g'`` and ``z_bar_i = h_bar_i g' + h_bar g'' z_i`` with ``g' = a_1``, ``g'' = 2 a_2``.
+    """
+    out = adjoint * a[1]
+    if len(adjoint) > 1:
+        curvature = (2.0 * a[2]) * stack[1 : len(adjoint)]  # g'' z_i, (T - 1, N, width)
+        out[1:] += curvature[:, None] * adjoint[0]
+    return out
 
 
 def compose_vjp(out_bar, stack, powers, a, table, order: int):

@@ -29,19 +29,9 @@ a_{j+1}``: the pullback of order ``K`` needs ``g^{(K+1)}``), and the products ar
 
 from __future__ import annotations
 
-from math import factorial
-
 import numpy as np
 
 from .. import kernels
-
-
-def taylor_coefficients(activation, z: np.ndarray, order: int) -> np.ndarray:
-    """``a_j = g^(j)(z) / j!`` for ``j = 0..order``: shape ``(order + 1, *z.shape)``."""
-    coefs = kernels.activation_derivatives(activation, z, order)
-    for j in range(2, order + 1):
-        coefs[j] *= 1.0 / factorial(j)
-    return coefs
 
 
 class SeriesMode:
@@ -88,13 +78,12 @@ class SeriesMode:
         """``act`` applied to the series ``stack``; returns ``(out, saved for the pullback)``.
 
         ``out = a_0`` on row 0 and ``sum_j a_j delta^j`` elsewhere, one fused kernel
-        (:func:`nnderiv.kernels.compose`); for a pullback it also keeps the powers ``delta^j``.
+        (:func:`nnderiv.kernels.activate`); for a pullback it also keeps the ``a_j`` (to order
+        ``K + 1``) and the powers ``delta^j``.
         """
-        K = self.order
-        a = taylor_coefficients(activation, stack[0], K + 1 if self.for_vjp else K)
         if not self.for_vjp:
-            return kernels.compose(stack, a, self.table, K), None
-        out, powers = kernels.compose_saving(stack, a, self.table, K)
+            return kernels.activate(stack, activation, self.table, self.order), None
+        out, a, powers = kernels.activate_saving(stack, activation, self.table, self.order)
         return out, (a, stack, powers)
 
     def elementwise_vjp(self, saved, activation, out_bar: np.ndarray) -> np.ndarray:

@@ -189,7 +189,7 @@ def _plan_combination(model, x, for_vjp, V, k: int, w) -> Plan:
 def _plan_mixed_full(model, x, for_vjp, alpha) -> Plan:
     table = multi_index_table(len(alpha), sum(alpha))
     row = table.position[alpha]
-    scale = table.factorials[row]
+    scale = float(table.factorials[row])  # a Python float: keeps the dtype of the stack
     mode = SeriesMode(table, np.eye(len(alpha)), for_vjp=for_vjp)
 
     def readout_vjp(cot, out_stack):

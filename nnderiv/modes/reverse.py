@@ -1,0 +1,145 @@
+r"""Few outputs, many inputs: the Jacobian by reverse mode, the Hessian by forward-over-reverse.
+
+Forward mode pays for every input direction: the Jacobian of ``m`` outputs over ``d`` inputs
+propagates ``1 + d`` rows, the full Hessian ``1 + d + d(d + 1)/2``. A reverse sweep pays per output
+instead, which wins when ``m`` is small and ``d`` is not (a scalar PDE solution of 8 inputs: 45
+rows forward, 19 this way).
+
+**Reverse mode (Jacobian).** Sweep the value forward, keeping ``g'(z)`` of every activation; then
+carry the adjoint ``u_bar = d f_k / d u`` of each layer's input back, ``m`` rows at once (row
+``k``: output ``k``):
+
+.. math::  \bar z = \bar h \odot g'(z), \qquad \bar h_{\text{in}} = \bar z\, W^\top .
+
+At the input, row ``k`` is ``grad f_k``.
+
+**Forward-over-reverse (Hessian).** Differentiate that reverse sweep in forward mode: every
+quantity ``q`` becomes ``q + sum_i t_i q_i``, ``d`` tangent rows beside it. The forward sweep is
+the first-order series (value and the ``d`` tangents ``z_i = dz/dx_i``, :mod:`~nnderiv.modes.full`,
+order 1); the reverse sweep carries ``h_bar`` and its tangents ``h_bar_i``, and the product rule on
+``z_bar = h_bar g'(z)`` gives
+
+.. math::  \bar z = \bar h\, g'(z), \qquad \bar z_i = \bar h_i\, g'(z) + \bar h\, g''(z)\, z_i,
+
+while the affine step stays one matrix product on all ``(1 + d) m`` rows. At the input,
+``x_bar = grad f_k`` and ``x_bar_i = d (grad f_k) / dx_i``, row ``i`` of the Hessian: ``(1 + d)(1 + m)``
+rows in all. The result is symmetrized, ``(H + H^T) / 2``, which also averages the rounding.
+
+These strategies give values, not pullbacks: :func:`nnderiv.vjp` uses the forward mode, whose
+every rule has its pullback. :func:`choose` compares the row counts (``nnderiv.explain`` shows it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import comb
+
+import numpy as np
+
+from .. import engine, kernels
+from ..combinatorics import multi_index_table
+from .full import FullMode
+
+#: a second sweep costs about one stacked row more than its rows (one more pass over every layer)
+SWEEP_OVERHEAD_ROWS = 1
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One way to compute a quantity: a name, its cost in stacked rows, and what it does."""
+
+    name: str
+    rows: int
+    description: str
+
+
+def strategies(d: int, m: int, order: int) -> list[Strategy]:
+    """The ways to get every derivative up to ``order`` (1 or 2) of ``m`` outputs over ``d`` inputs."""
+    forward = Strategy("forward", comb(d + order, order), f"full forward mode, C(d + {order}, {order}) rows")
+    if order == 1:
+        rows = 1 + m + SWEEP_OVERHEAD_ROWS
+        return [forward, Strategy("reverse", rows, "value forward, then m adjoint rows back (+1 for the sweep)")]
+    if order == 2:
+        rows = (1 + d) * (1 + m) + SWEEP_OVERHEAD_ROWS
+        return [forward, Strategy("reverse", rows, "forward-over-reverse: (1 + d) rows forward, (1 + d) m back")]
+    return [forward]
+
+
+def choose(d: int, m: int, order: int, strategy: str = "auto") -> Strategy:
+    """The named strategy, or for ``"auto"`` the one with fewest rows (forward on ties)."""
+    options = strategies(d, m, order)
+    if strategy == "auto":
+        return min(options, key=lambda s: s.rows)  # min keeps the first of equals: forward
+    return next(s for s in options if s.name == strategy)
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a reverse sweep found: values ``(N, m)``, Jacobian ``(N, m, d)``, Hessian or None."""
+
+    value: np.ndarray
+    jacobian: np.ndarray
+    hessian: np.ndarray | None
+
+
+def evaluate(model, x: np.ndarray, order: int, chunk_size=None) -> Result:
+    """Value, Jacobian and (``order == 2``) Hessian of ``model`` at ``x`` by the sweeps above."""
+    forward_mode = FullMode(model.n_inputs, order - 1, for_vjp=True)
+    adjoint_rows = model.n_outputs * order_rows(model.n_inputs, order)
+    size = engine.chunk_size_for(model, forward_mode, len(x), chunk_size, extra_rows=adjoint_rows)
+    parts = [_evaluate(model, forward_mode, x[part], order) for part in engine.chunks(len(x), size)]
+    if len(parts) == 1:
+        return parts[0]
+    return Result(
+        *(None if arrays[0] is None else np.concatenate(arrays) for arrays in zip(*(vars(p).values() for p in parts)))
+    )
+
+
+def order_rows(d: int, order: int) -> int:
+    """Rows per output in the reverse sweep: 1 (reverse mode) or ``1 + d`` (forward-over-reverse)."""
+    return 1 if order == 1 else 1 + d
+
+
+def _evaluate(model, mode, x, order: int) -> Result:
+    layers = [layer for layer, _ in engine.leaf_layers(model)]
+    stack, saved = mode.seed(x), []
+    for layer in layers:
+        stack, layer_saved = layer.forward(mode, stack)
+        saved.append(layer_saved)
+    n, m, d = len(x), model.n_outputs, model.n_inputs
+    tangents = order_rows(d, order)
+    # adjoint stack (1 + d tangents, m outputs, N, width): row k of output k seeded with e_k
+    adjoint = np.zeros((tangents, m, n, m), dtype=model.dtype)
+    adjoint[0, np.arange(m), :, np.arange(m)] = 1.0
+    adjoint = kernels.asarray(adjoint)
+    for layer, layer_saved in zip(reversed(layers), reversed(saved)):
+        if hasattr(layer, "activation"):
+            a, z, _ = layer_saved  # Taylor coefficients (to order 2) and the input series
+            adjoint = kernels.activation_adjoint(adjoint, a, z)
+        else:
+            W = layer.params["W"]
+            flat = kernels.affine(adjoint.reshape(tangents * m, n, -1), W.T)
+            adjoint = flat.reshape(tangents, m, n, W.shape[0])
+    value, adjoint = kernels.host(stack[0]), kernels.host(adjoint)  # small now: read out on the host
+    jacobian = np.moveaxis(adjoint[0], 0, 1)  # (N, m, d)
+    if order == 1:
+        return Result(value, jacobian, None)
+    hessian = np.transpose(adjoint[1:], (2, 1, 0, 3))  # (N, m, d_i, d_j) from (d_i, m, N, d_j)
+    return Result(value, jacobian, 0.5 * (hessian + np.swapaxes(hessian, -1, -2)))
+
+
+def coefficients(result: Result, order: int) -> np.ndarray:
+    """The full-mode stack ``(C(d + order, order), N, m)`` of Taylor coefficients of ``result``
+    (the layout of :class:`nnderiv.Derivatives`): ``d^alpha f / alpha!``."""
+    n, m, d = result.jacobian.shape
+    table = multi_index_table(d, order)
+    out = np.empty((table.n_coef, n, m), dtype=result.value.dtype)
+    out[0] = result.value
+    out[table.degree_slice(1)] = np.moveaxis(result.jacobian, 2, 0)
+    if order == 2:
+        rows = table.degree_slice(2)
+        alphas = np.asarray(table.alphas[rows])  # e_i + e_j, i <= j
+        i, j = alphas.argmax(axis=1), d - 1 - alphas[:, ::-1].argmax(axis=1)
+        entries = np.moveaxis(result.hessian[:, :, i, j], 2, 0)  # (rows, N, m)
+        out[rows] = entries / np.asarray(table.factorials[rows], dtype=out.dtype)[:, None, None]
+    return out

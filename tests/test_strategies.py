@@ -1,0 +1,127 @@
+"""Strategy by cost: reverse mode (Jacobian) and forward-over-reverse (Hessian) against full forward
+mode and exact SymPy derivatives; the choice itself, ``nd.explain``, and the errors.
+
+Oracles: SymPy's exact derivatives of tiny networks (independent of nnderiv), and the full forward
+mode (:mod:`nnderiv.modes.full`), itself checked against SymPy, finite differences and JAX elsewhere.
+The two strategies share no propagation rule, only the matrix products: agreement to 1e-12
+(float64) is the bar of issue 6.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from oracles import assert_relative_close, sympy_partials
+from strategies import SMOOTH, build_model, networks, random_spec
+
+import nnderiv as nd
+from nnderiv.modes import reverse
+
+
+def _points(model, n, seed=0):
+    return np.random.default_rng(seed).uniform(-1, 1, (n, model.n_inputs))
+
+
+@given(
+    spec=networks(max_depth=3, max_d=6, max_m=3, max_width=6, activations=SMOOTH),
+    backend=st.sampled_from(["numpy", "numba"]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_reverse_strategies_agree_with_forward_mode(spec, backend, seed):
+    model = build_model(spec)
+    x = _points(model, 9, seed)
+    with nd.use_backend(backend):
+        for fn in (nd.jacobian, nd.hessian):
+            want = fn(model, x, strategy="forward")
+            assert_relative_close(fn(model, x, strategy="reverse"), want, 1e-12, f"{fn.__name__} reverse")
+        for order in (1, 2):
+            forward = nd.derivatives(model, x, order=order, strategy="forward")
+            swept = nd.derivatives(model, x, order=order, strategy="reverse")
+            for k in range(order + 1):
+                assert_relative_close(swept.tensor(k), forward.tensor(k), 1e-12, f"order {order}, tensor {k}")
+
+
+def test_forward_over_reverse_hessian_is_exact_against_sympy():
+    spec = random_spec(np.random.default_rng(3), [2, 3, 3, 2], ["tanh", "sigmoid"])
+    model, x = build_model(spec), np.array([[0.3, -0.7], [-1.0, 0.5]])
+    exact = sympy_partials(spec, x, 2)
+    H = nd.hessian(model, x, strategy="reverse")
+    J = nd.jacobian(model, x, strategy="reverse")
+    for i in range(2):
+        e_i = tuple(int(k == i) for k in range(2))
+        assert_relative_close(J[:, :, i], exact[e_i], 1e-14, f"d/dx{i}")
+        for j in range(2):
+            alpha = tuple(int(k == i) + int(k == j) for k in range(2))
+            assert_relative_close(H[:, :, i, j], exact[alpha], 1e-14, f"d2/dx{i}dx{j}")
+
+
+def test_reverse_hessian_is_symmetric_and_chunks_change_nothing():
+    model = nd.MLP([5, 16, 16, 2], activation="tanh", seed=1)
+    x = _points(model, 23)
+    H = nd.hessian(model, x, strategy="reverse")
+    np.testing.assert_array_equal(H, np.swapaxes(H, -1, -2))
+    chunked = nd.hessian(model, x, strategy="reverse", chunk_size=5)
+    assert_relative_close(chunked, H, 1e-15, "chunked")
+    D = nd.derivatives(model, x, order=2, strategy="reverse", chunk_size=4)
+    assert_relative_close(D.hessian, H, 1e-15, "chunked derivatives")
+
+
+def test_reverse_strategies_in_float32():
+    model = nd.MLP([6, 12, 1], activation="sigmoid", seed=2, dtype="float32")
+    x = _points(model, 11).astype(np.float32)
+    for fn in (nd.jacobian, nd.hessian):
+        got, want = fn(model, x, strategy="reverse"), fn(model, x, strategy="forward")
+        assert got.dtype == np.float32
+        assert_relative_close(got, want, 1e-5, fn.__name__)
+
+
+@pytest.mark.parametrize(
+    ("d", "m", "order", "expected"),
+    [(8, 1, 2, "reverse"), (2, 1, 2, "forward"), (3, 2, 2, "forward"), (8, 1, 1, "reverse"), (2, 1, 1, "forward")],
+)
+def test_auto_takes_the_strategy_with_fewer_rows(d, m, order, expected):
+    options = {s.name: s.rows for s in reverse.strategies(d, m, order)}
+    assert options["forward"] == {1: 1 + d, 2: 1 + d + d * (d + 1) // 2}[order]
+    assert reverse.choose(d, m, order).name == expected
+    model = nd.MLP([d, 4, m], seed=0)
+    fn = {1: nd.jacobian, 2: nd.hessian}[order]
+    assert nd.explain(fn, model, np.zeros((3, d))).strategy == expected
+
+
+def test_explain_lists_the_options_and_honours_an_override():
+    model, x = nd.MLP([8, 16, 1], seed=0), np.zeros((4, 8))
+    text = str(nd.explain(nd.hessian, model, x))
+    assert "* reverse" in text and "45 stacked rows" in text and "19 stacked rows" in text
+    assert nd.explain(nd.hessian, model, x, strategy="forward").strategy == "forward"
+    assert nd.explain(nd.laplacian, model, x).options[0].rows == 8 + 2
+    assert nd.explain(model, model, x).function == "nd.value"
+
+
+def test_strategy_errors_say_what_to_do():
+    model, x = nd.MLP([3, 4, 1], seed=0), np.zeros((2, 3))
+    with pytest.raises(nd.ConfigError, match="strategy must be one of"):
+        nd.hessian(model, x, strategy="sideways")
+    with pytest.raises(nd.ConfigError, match="orders 1 and 2"):
+        nd.derivatives(model, x, order=3, strategy="reverse")
+    with pytest.raises(nd.ConfigError, match="strategy='forward'"):
+        nd.vjp(nd.hessian, model, x, strategy="reverse")
+    with pytest.raises(nd.ConfigError, match="cannot explain"):
+        nd.explain(print, model, x)
+
+
+def test_vjp_with_auto_uses_the_forward_rules_even_where_reverse_is_cheaper():
+    model = nd.MLP([8, 6, 1], activation="tanh", seed=0)
+    x = _points(model, 5)
+    out, pullback = nd.vjp(nd.hessian, model, x)
+    assert_relative_close(out, nd.hessian(model, x, strategy="reverse"), 1e-12, "value of the vjp")
+    grads = pullback(np.ones_like(out))
+    assert set(grads) == set(model.params)
+
+
+def test_reverse_sweeps_respect_the_memory_limit():
+    model = nd.MLP([8, 64, 1], seed=0)
+    x = _points(model, 1000)
+    with nd.memory_limit(2**20), pytest.raises(nd.MemoryLimitError, match="chunk_size"):
+        nd.hessian(model, x, strategy="reverse")
