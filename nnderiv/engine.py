@@ -1,10 +1,12 @@
 """Running a model in a mode: seeding, the forward sweep, the pullback sweep, chunks and the memory guard.
 
 Points are processed in chunks of rows of ``x`` (a loop over chunks, never over points). The
-working set is estimated before anything is allocated; a request over the limit of
-:func:`nnderiv.get_memory_limit` raises :class:`~nnderiv.errors.MemoryLimitError` naming the estimate
-and a ``chunk_size`` that fits. With a ``chunk_size``, a pullback recomputes each chunk's forward
-sweep instead of keeping every chunk's intermediates, so memory stays bounded by one chunk.
+working set is estimated before anything is allocated. A forward sweep (no pullback) cuts the
+points into chunks whose stacks stay in the CPU caches and fit the memory limit of
+:func:`nnderiv.get_memory_limit`, so any ``N`` runs in bounded memory. A sweep kept for a pullback
+over the limit raises :class:`~nnderiv.errors.MemoryLimitError` naming the estimate and a
+``chunk_size`` that fits; with a ``chunk_size``, the pullback recomputes each chunk's forward sweep
+instead of keeping every chunk's intermediates, so memory stays bounded by one chunk.
 """
 
 from __future__ import annotations
@@ -45,8 +47,7 @@ def bytes_per_point(model, mode) -> int:
 def chunk_size_for(model, mode, n_points: int, chunk_size, *, extra_rows: int = 0) -> int:
     """Validate ``chunk_size`` against the memory limit, or pick ``n_points`` when all of it fits.
     ``extra_rows``: rows of a second sweep (reverse strategies) beside the mode's own."""
-    widest = max(width for _, width in leaf_layers(model)) if extra_rows else 0
-    per_point = bytes_per_point(model, mode) + 3 * extra_rows * max(widest, model.n_outputs) * model.dtype.itemsize
+    per_point = bytes_per_point(model, mode) + _extra_bytes_per_point(model, extra_rows)
     limit = get_memory_limit()
     if chunk_size is None:
         if per_point * n_points > limit:
@@ -66,14 +67,47 @@ def chunk_size_for(model, mode, n_points: int, chunk_size, *, extra_rows: int = 
     return chunk_size
 
 
+def _extra_bytes_per_point(model, extra_rows: int) -> int:
+    """A second sweep's ``extra_rows``: input, output and one temporary at the widest layer."""
+    if not extra_rows:
+        return 0
+    widest = max(max(width for _, width in leaf_layers(model)), model.n_outputs)
+    return 3 * extra_rows * widest * model.dtype.itemsize
+
+
 def chunks(n_points: int, size: int) -> list[slice]:
     """The points ``0 .. n_points`` cut into slices of ``size``."""
     return [slice(start, min(start + size, n_points)) for start in range(0, max(n_points, 1), size)]
 
 
+#: points per chunk of a forward sweep are chosen so that one stack takes about this many bytes:
+#: then the few stacks alive at each step stay in the CPU's L2/L3 caches from one step to the
+#: next, instead of streaming through memory (measured: 1.3-3x faster, docs/performance.md)
+CACHE_STACK_BYTES = 5 * 2**19
+#: ... but never fewer points than this (the per-chunk Python overhead would then show)
+MIN_CACHE_CHUNK = 128
+
+
+def cache_chunk_size(model, rows: int) -> int:
+    """Points per chunk such that a stack of ``rows`` rows at the widest layer fills ``CACHE_STACK_BYTES``."""
+    widest = max(max(width for _, width in leaf_layers(model)), model.n_outputs)
+    return max(MIN_CACHE_CHUNK, CACHE_STACK_BYTES // (rows * widest * model.dtype.itemsize))
+
+
+def forward_chunk_size(model, mode, n_points: int, chunk_size, *, extra_rows: int = 0) -> int:
+    """Chunk of a sweep whose intermediates are not kept: ``chunk_size`` (validated against the
+    memory limit) or, by default, a cache-sized chunk that also fits the limit."""
+    if chunk_size is not None:
+        return chunk_size_for(model, mode, n_points, chunk_size, extra_rows=extra_rows)
+    fitting = get_memory_limit() // (bytes_per_point(model, mode) + _extra_bytes_per_point(model, extra_rows))
+    size = min(max(n_points, 1), cache_chunk_size(model, mode.n_rows + extra_rows), max(fitting, 1))
+    return chunk_size_for(model, mode, n_points, size, extra_rows=extra_rows)  # raises if one point is too many
+
+
 def evaluate(model, mode, x: np.ndarray, chunk_size=None) -> np.ndarray:
-    """The output stack ``(mode.n_rows, N, n_outputs)`` of ``model`` at the points ``x``."""
-    size = chunk_size_for(model, mode, len(x), chunk_size)
+    """The output stack ``(mode.n_rows, N, n_outputs)`` of ``model`` at the points ``x``, in chunks
+    of points (:func:`forward_chunk_size`)."""
+    size = forward_chunk_size(model, mode, len(x), chunk_size)
     outs = [model.forward(mode, mode.seed(x[part], part))[0] for part in chunks(len(x), size)]
     return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
 

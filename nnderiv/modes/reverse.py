@@ -86,7 +86,7 @@ def evaluate(model, x: np.ndarray, order: int, chunk_size=None) -> Result:
     """Value, Jacobian and (``order == 2``) Hessian of ``model`` at ``x`` by the sweeps above."""
     forward_mode = FullMode(model.n_inputs, order - 1, for_vjp=True)
     adjoint_rows = model.n_outputs * order_rows(model.n_inputs, order)
-    size = engine.chunk_size_for(model, forward_mode, len(x), chunk_size, extra_rows=adjoint_rows)
+    size = engine.forward_chunk_size(model, forward_mode, len(x), chunk_size, extra_rows=adjoint_rows)
     parts = [_evaluate(model, forward_mode, x[part], order) for part in engine.chunks(len(x), size)]
     if len(parts) == 1:
         return parts[0]
