@@ -106,7 +106,8 @@ class SeriesTable:
     The modes differ only by their table (:mod:`nnderiv.modes.series`).
     """
 
-    def __init__(self, degrees, pairs):
+    def __init__(self, degrees, pairs, description: str = "truncated series"):
+        self.description = description  # for nnderiv.explain
         self.degrees = np.asarray(degrees, dtype=np.intp)
         self.order = int(self.degrees[-1])
         self._pairs = np.asarray(pairs, dtype=np.intp).reshape(-1, 3)
@@ -141,7 +142,8 @@ class MultiIndexTable(SeriesTable):
             [alpha for k in range(order + 1) for alpha in _compositions(k, d)], dtype=np.intp
         ).reshape(-1, d)
         self.position = {tuple(int(a) for a in alpha): i for i, alpha in enumerate(self.alphas)}
-        super().__init__(self.alphas.sum(axis=1), list(self._product_pairs()))
+        description = f"full mode, every partial to order {order}"
+        super().__init__(self.alphas.sum(axis=1), list(self._product_pairs()), description)
 
     def _product_pairs(self):
         for t, alpha in enumerate(self.alphas):
@@ -198,7 +200,7 @@ def directional_table(n_dir: int, order: int) -> SeriesTable:
         for k1 in range(1, order)
         for k2 in range(1, order - k1 + 1)
     ]
-    return SeriesTable(degrees, pairs)
+    return SeriesTable(degrees, pairs, f"Taylor mode, {order} coefficients along {n_dir} directions")
 
 
 @cache
@@ -214,7 +216,7 @@ def collapsed_second_order_table(n_dir: int, n_negative: int = 0) -> SeriesTable
     n_positive = n_dir - n_negative
     degrees = [0] + [1] * n_dir + [2] * (1 + (n_negative > 0))
     pairs = [(1 + r, 1 + r, n_dir + 1 + (r >= n_positive)) for r in range(n_dir)]
-    return SeriesTable(degrees, pairs)
+    return SeriesTable(degrees, pairs, f"collapsed second order (forward Laplacian), {n_dir} directions")
 
 
 @cache
@@ -225,4 +227,4 @@ def hessian_vector_table(d: int) -> SeriesTable:
     """
     degrees = [0] + [1] * (d + 1) + [2] * d
     pairs = [pair for i in range(d) for pair in ((1 + i, d + 1, d + 2 + i), (d + 1, 1 + i, d + 2 + i))]
-    return SeriesTable(degrees, pairs)
+    return SeriesTable(degrees, pairs, "Hessian-vector series: 1, t_i, s, t_i s")

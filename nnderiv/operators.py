@@ -96,7 +96,7 @@ def explain(fn, model, x, **kwargs) -> Explanation:
     >>> import numpy as np, nnderiv as nd
     >>> print(nd.explain(nd.hessian, nd.MLP([8, 32, 1], seed=0), np.zeros((10, 8))))
     nd.hessian: strategy 'reverse'
-        forward        45 stacked rows   full forward mode, C(d + 2, 2) rows
+        forward        45 stacked rows   full forward mode, every partial to order 2
       * reverse        19 stacked rows   forward-over-reverse: (1 + d) rows forward, (1 + d) m back
     """
     from .derivatives import value
@@ -107,7 +107,7 @@ def explain(fn, model, x, **kwargs) -> Explanation:
         raise ConfigError(f"cannot explain {fn!r}; known: {', '.join(supported())}")
     plan = planner(model, check.points(x, model), for_vjp=False, **kwargs)
     mode = plan.mode
-    options = plan.options or (Strategy(plan.strategy, mode.n_rows, f"{type(mode).__name__}, {mode.n_rows} rows"),)
+    options = plan.options or (Strategy(plan.strategy, mode.n_rows, mode.table.description),)
     name = "value" if fn is model else fn.__name__
     return Explanation(f"nd.{name}", plan.strategy, tuple(options))
 

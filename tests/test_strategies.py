@@ -93,7 +93,7 @@ def test_auto_takes_the_strategy_with_fewer_rows(d, m, order, expected):
 def test_explain_lists_the_options_and_honours_an_override():
     model, x = nd.MLP([8, 16, 1], seed=0), np.zeros((4, 8))
     text = str(nd.explain(nd.hessian, model, x))
-    assert "* reverse" in text and "45 stacked rows" in text and "19 stacked rows" in text
+    assert "* reverse" in text and "45 stacked rows" in text and "full forward" in text and "19 stacked rows" in text
     assert nd.explain(nd.hessian, model, x, strategy="forward").strategy == "forward"
     assert nd.explain(nd.laplacian, model, x).options[0].rows == 8 + 2
     assert nd.explain(model, model, x).function == "nd.value"
@@ -127,3 +127,18 @@ def test_reverse_sweeps_respect_the_memory_limit():
         assert_relative_close(nd.hessian(model, x, strategy="reverse"), nd.hessian(model, x), 1e-12, "chunked")
         with pytest.raises(nd.MemoryLimitError, match="chunk_size <="):
             nd.hessian(model, x, strategy="reverse", chunk_size=1000)
+
+
+def test_explain_shows_mixed_partial_strategies_and_every_mode_describes_itself():
+    model, x = nd.MLP([3, 8, 1], seed=0), np.zeros((2, 3))
+    mixed = nd.explain(nd.mixed_partial, model, x, indices=(0, 0, 0, 1))
+    assert {option.name for option in mixed.options} == {"full", "taylor"}
+    chosen = min(mixed.options, key=lambda option: option.rows).name
+    assert mixed.strategy == chosen
+    assert nd.explain(nd.mixed_partial, model, x, indices=(0, 0, 0, 1), strategy="taylor").strategy == "taylor"
+    for fn, kwargs, words in [
+        (nd.laplacian, {}, "forward Laplacian"),
+        (nd.pure_derivatives, {"order": 3}, "Taylor mode"),
+        (nd.hvp, {"v": np.ones(3)}, "Hessian-vector"),
+    ]:
+        assert words in str(nd.explain(fn, model, x, **kwargs))

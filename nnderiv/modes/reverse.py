@@ -55,7 +55,7 @@ class Strategy:
 
 def strategies(d: int, m: int, order: int) -> list[Strategy]:
     """The ways to get every derivative up to ``order`` (1 or 2) of ``m`` outputs over ``d`` inputs."""
-    forward = Strategy("forward", comb(d + order, order), f"full forward mode, C(d + {order}, {order}) rows")
+    forward = Strategy("forward", comb(d + order, order), f"full forward mode, every partial to order {order}")
     if order == 1:
         rows = 1 + m + SWEEP_OVERHEAD_ROWS
         return [forward, Strategy("reverse", rows, "value forward, then m adjoint rows back (+1 for the sweep)")]

@@ -21,6 +21,7 @@ system ``M w = e_alpha`` with ``M[j, beta] = j^beta`` whose exact rational solut
 
 from __future__ import annotations
 
+from dataclasses import replace
 from fractions import Fraction
 from functools import cache
 from math import factorial, prod
@@ -31,6 +32,7 @@ from .. import _validation as check
 from ..combinatorics import _compositions, directional_table, multi_index_table, n_coefficients
 from ..errors import ConfigError, ShapeError
 from ..operators import Plan, register, run
+from .reverse import Strategy
 from .series import SeriesMode
 
 
@@ -159,15 +161,19 @@ def _plan_mixed(model, x, *, for_vjp, alpha, strategy="auto") -> Plan:
         raise ConfigError(f"strategy must be 'auto', 'full' or 'taylor', got {strategy!r}")
     k, d = sum(alpha), len(alpha)
     full_rows = n_coefficients(d, k)
+    options = (
+        Strategy("full", full_rows, f"full mode to order {k}, read one coefficient"),
+        Strategy("taylor", _taylor_rows(alpha), "Taylor mode along interpolation directions, exact weights"),
+    )
     if k == 0 or strategy == "full" or (strategy == "auto" and full_rows <= _taylor_rows(alpha)):
-        return _plan_mixed_full(model, x, for_vjp, alpha)
+        return replace(_plan_mixed_full(model, x, for_vjp, alpha), strategy="full", options=options)
     involved = [i for i, a in enumerate(alpha) if a]
     js, weights = interpolation_weights(tuple(alpha[i] for i in involved))
     V = np.zeros((len(js), d), dtype=model.dtype)
     V[:, involved] = np.array(js, dtype=model.dtype)
     # c_alpha = sum_j w_j (k-th coefficient along j); the partial is alpha! c_alpha
     w = np.array([float(wj) for wj in weights]) * (prod(map(factorial, alpha)) / factorial(k))
-    return _plan_combination(model, x, for_vjp, V, k, w)
+    return replace(_plan_combination(model, x, for_vjp, V, k, w), strategy="taylor", options=options)
 
 
 def _plan_combination(model, x, for_vjp, V, k: int, w) -> Plan:
