@@ -94,6 +94,16 @@ def cache_chunk_size(model, rows: int) -> int:
     return max(MIN_CACHE_CHUNK, CACHE_STACK_BYTES // (rows * widest * model.dtype.itemsize))
 
 
+#: points per chunk of a sweep that is pulled back at once (OperatorMSE): the sweep's whole
+#: working set, intermediates kept for the pullback included, takes about this many bytes
+PULLBACK_CACHE_BYTES = 8 * 2**20
+
+
+def pullback_chunk_size(model, mode) -> int:
+    """Points per chunk such that one forward-and-pullback of ``mode`` fills ``PULLBACK_CACHE_BYTES``."""
+    return max(MIN_CACHE_CHUNK, PULLBACK_CACHE_BYTES // bytes_per_point(model, mode))
+
+
 def forward_chunk_size(model, mode, n_points: int, chunk_size, *, extra_rows: int = 0) -> int:
     """Chunk of a sweep whose intermediates are not kept: ``chunk_size`` (validated against the
     memory limit) or, by default, a cache-sized chunk that also fits the limit."""

@@ -33,6 +33,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import _validation as check
+from . import engine
 from .derivatives import derivatives
 from .errors import ConfigError, NonFiniteError, ShapeError
 from .operators import PLANNERS, supported, vjp
@@ -318,24 +319,58 @@ class OperatorMSE(Loss):
         self.select, self.fn_kwargs = select, fn_kwargs
 
     def value_and_grad(self, model, batch: Mapping) -> tuple[float, dict[str, np.ndarray]]:
-        """The loss at ``batch`` and its gradient ``{param name: array}`` w.r.t. ``model.params``."""
-        out, pullback = vjp(self.fn, model, _batch_array(batch, self.points, self), **self.fn_kwargs)
-        residual = self.scale * self._selected(out)
-        if self.target is not None:
-            target = check.real_array(
-                _batch_array(batch, self.target, self), f"target batch[{self.target!r}]", out.dtype
-            )
-            if target.shape != residual.shape:
+        """The loss at ``batch`` and its gradient ``{param name: array}`` w.r.t. ``model.params``.
+
+        The mean is over points, so each point's cotangent needs only its own output: the points
+        are taken in cache-sized chunks, each swept forward and pulled back at once
+        (:func:`nnderiv.engine.pullback_chunk_size`), and the gradients summed.
+        """
+        x = check.points(_batch_array(batch, self.points, self), model)
+        target = None if self.target is None else _batch_array(batch, self.target, self)
+        parts = engine.chunks(len(x), self._chunk_size(model, x))
+        if target is not None and len(parts) > 1:  # sliced per chunk: its rows must be the points'
+            target = check.real_array(target, f"target batch[{self.target!r}]", model.dtype)
+            if target.ndim == 0 or len(target) != len(x):
                 raise ShapeError(
-                    f"target batch[{self.target!r}] must have the shape of the output of {self._name()}"
-                    f"{'' if self.select is None else '[select]'} {residual.shape}, got {target.shape}"
+                    f"target batch[{self.target!r}] must have one row per point of batch[{self.points!r}] "
+                    f"({len(x)}), got shape {target.shape}"
                 )
-            residual = residual - target
-        out_bar = (2.0 * self.scale / residual.size) * residual
-        if self.select is not None:  # the adjoint of indexing: scatter, adding where an index repeats
-            out_bar, selected_bar = np.zeros_like(out), out_bar
-            np.add.at(out_bar, self.select, selected_bar)
-        return float(np.mean(residual**2)), pullback(out_bar)
+        total, grads, entries = 0.0, None, None
+        for part in parts:
+            out, pullback = vjp(self.fn, model, x[part], **self.fn_kwargs)
+            residual = self._residual(out, target if target is None or len(parts) == 1 else target[part])
+            if entries is None:  # entries of the whole residual, from the first chunk's per-point count
+                entries = residual.size // max(len(out), 1) * len(x) if len(parts) > 1 else residual.size
+            out_bar = (2.0 * self.scale / max(entries, 1)) * residual
+            if self.select is not None:  # the adjoint of indexing: scatter, adding where an index repeats
+                out_bar, selected_bar = np.zeros_like(out), out_bar
+                np.add.at(out_bar, self.select, selected_bar)
+            total += float(np.sum(residual**2))
+            part_grads = pullback(out_bar)
+            grads = part_grads if grads is None else {k: grads[k] + g for k, g in part_grads.items()}
+        return total / max(entries, 1) if entries else float("nan"), grads
+
+    def _residual(self, out, target) -> np.ndarray:
+        residual = self.scale * self._selected(out)
+        if target is None:
+            return residual
+        target = check.real_array(target, f"target batch[{self.target!r}]", out.dtype)
+        if target.shape != residual.shape:
+            raise ShapeError(
+                f"target batch[{self.target!r}] must have the shape of the output of {self._name()}"
+                f"{'' if self.select is None else '[select]'} {residual.shape}, got {target.shape}"
+            )
+        return residual - target
+
+    def _chunk_size(self, model, x) -> int:
+        """Cache-sized chunks when the output is per point and no argument is: else all points."""
+        n = len(x)
+        per_point_select = self.select is None or (isinstance(self.select, tuple) and self.select[:1] == (Ellipsis,))
+        per_point_argument = any(np.ndim(value) >= 1 and len(value) == n for value in self.fn_kwargs.values())
+        if not per_point_select or per_point_argument or "chunk_size" in self.fn_kwargs:
+            return max(n, 1)
+        mode = PLANNERS[self.fn](model, x[:1], for_vjp=True, **self.fn_kwargs).mode
+        return min(max(n, 1), engine.pullback_chunk_size(model, mode))
 
     def __call__(self, D, batch):
         raise ConfigError(

@@ -420,3 +420,43 @@ def test_operator_losses_are_not_evaluated_on_shared_derivatives():
         OperatorMSE(nd.laplacian)(D, batch)
     with pytest.raises(nd.ConfigError, match=r"OperatorMSE\(nd.laplacian.*value_and_grad"):
         (nd.MSE("value") + OperatorMSE(nd.laplacian))(D, batch)
+
+
+@pytest.mark.parametrize(
+    ("fn", "kwargs", "select"),
+    [
+        (nd.laplacian, {}, None),
+        (nd.pure_derivatives, {"order": 3}, (..., 3)),
+        (nd.hvp, {"v": "per point"}, None),  # a per-point argument: never chunked
+    ],
+)
+def test_operator_mse_in_cache_chunks_equals_one_sweep(fn, kwargs, select, monkeypatch):
+    from nnderiv import engine
+
+    model = nd.MLP([3, 16, 16, 1], activation="tanh", seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (300, 3))
+    kwargs = {key: rng.normal(size=(300, 3)) if value == "per point" else value for key, value in kwargs.items()}
+    output = fn(model, x, **kwargs)
+    target = rng.normal(size=(output if select is None else output[select]).shape)
+    loss = nd.OperatorMSE(fn, "t", select=select, **kwargs)
+    whole_value, whole_grads = loss.value_and_grad(model, {"x": x, "t": target})
+    monkeypatch.setattr(engine, "PULLBACK_CACHE_BYTES", 1)  # the smallest chunks: MIN_CACHE_CHUNK points
+    monkeypatch.setattr(engine, "MIN_CACHE_CHUNK", 64)
+    value, grads = loss.value_and_grad(model, {"x": x, "t": target})
+    assert value == pytest.approx(whole_value, rel=1e-13)
+    for name in whole_grads:
+        np.testing.assert_allclose(grads[name], whole_grads[name], rtol=1e-12, atol=1e-15)
+    expected = np.mean(((output if select is None else output[select]) - target) ** 2)
+    assert value == pytest.approx(expected, rel=1e-13)
+
+
+def test_operator_mse_target_with_the_wrong_number_of_rows_is_refused_when_chunked(monkeypatch):
+    from nnderiv import engine
+
+    monkeypatch.setattr(engine, "PULLBACK_CACHE_BYTES", 1)
+    monkeypatch.setattr(engine, "MIN_CACHE_CHUNK", 64)
+    model = nd.MLP([2, 8, 1], seed=0)
+    x = np.zeros((200, 2))
+    with pytest.raises(nd.ShapeError, match="one row per point"):
+        nd.OperatorMSE(nd.laplacian, "f").value_and_grad(model, {"x": x, "f": np.zeros((150, 1))})
