@@ -333,3 +333,42 @@ def assert_relative_close(actual, expected, rtol: float, what: str = "result") -
             f"{what}: relative error {error:.3g} > {rtol:.1g}; worst at index {tuple(int(i) for i in worst)}: "
             f"got {np.asarray(actual)[worst]!r}, expected {np.asarray(expected)[worst]!r}"
         )
+
+
+# --------------------------------------------------------------------------------------------
+# JAX (optional: the callers skip when it is missing)
+
+
+def jax_activations(jax):
+    """The activations of :data:`strategies.ACTIVATIONS` in JAX, by their textbook definitions."""
+    jnp = jax.numpy
+    return {
+        "identity": lambda z: z,
+        "tanh": jnp.tanh,
+        "sigmoid": jax.nn.sigmoid,
+        # jax.nn.softplus is a custom_jvp (logaddexp) that jet cannot trace; log1p(exp(z)) is the
+        # same function, accurate for the |z| < 30 of these networks
+        "softplus": lambda z: jnp.log1p(jnp.exp(z)),
+        "sin": jnp.sin,
+        "cos": jnp.cos,
+        "exp": jnp.exp,
+        "gaussian": lambda z: jnp.exp(-(z**2) / 2),
+        "gelu": lambda z: jax.nn.gelu(z, approximate=False),
+        "silu": jax.nn.silu,
+        "elu": jax.nn.elu,
+    }
+
+
+def jax_network(jax, spec):
+    """``(f, params)``: ``f(params, x) -> (..., m)`` for points ``x (..., d)`` (one point or a
+    batch), and the description's parameters as a list of ``(W, b)`` JAX arrays."""
+    activations = jax_activations(jax)
+
+    def f(params, x):
+        h = x
+        for (W, b), (_, _, name) in zip(params, spec):
+            h = h @ W + b
+            h = h if name is None else activations[name](h)
+        return h
+
+    return f, [(jax.numpy.asarray(W), jax.numpy.asarray(b)) for W, b, _ in spec]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from oracles import relative_error
+from oracles import jax_network, relative_error
 from strategies import build_model, random_spec, spec_params
 
 import nnderiv as nd
@@ -73,33 +73,6 @@ def jax():
     jax = pytest.importorskip("jax")
     jax.config.update("jax_enable_x64", True)  # float64 arrays stay float64
     return jax
-
-
-def jax_network(jax, spec):
-    """``f(params, x_point) -> (m,)`` in JAX, and its parameters as a list of ``(W, b)``."""
-    jnp = jax.numpy
-    activations = {
-        "identity": lambda z: z,
-        "tanh": jnp.tanh,
-        "sigmoid": jax.nn.sigmoid,
-        "softplus": jax.nn.softplus,
-        "sin": jnp.sin,
-        "cos": jnp.cos,
-        "exp": jnp.exp,
-        "gaussian": lambda z: jnp.exp(-(z**2) / 2),
-        "gelu": lambda z: jax.nn.gelu(z, approximate=False),
-        "silu": jax.nn.silu,
-        "elu": jax.nn.elu,
-    }
-
-    def f(params, x_point):
-        h = x_point
-        for (W, b), (_, _, name) in zip(params, spec):
-            h = h @ W + b
-            h = h if name is None else activations[name](h)
-        return h
-
-    return f, [(jnp.asarray(W), jnp.asarray(b)) for W, b, _ in spec]
 
 
 def jax_tensors(jax, f, max_order):

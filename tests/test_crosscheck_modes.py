@@ -20,7 +20,7 @@ from functools import partial
 
 import numpy as np
 import pytest
-from oracles import relative_error
+from oracles import jax_network, relative_error
 from strategies import build_model, random_spec, spec_params
 
 import nnderiv as nd
@@ -67,39 +67,6 @@ def jax():
 @pytest.fixture(scope="module")
 def jet(jax):
     return pytest.importorskip("jax.experimental.jet").jet
-
-
-def jax_activations(jax):
-    jnp = jax.numpy
-    return {
-        "identity": lambda z: z,
-        "tanh": jnp.tanh,
-        "sigmoid": jax.nn.sigmoid,
-        # jax.nn.softplus is a custom_jvp (logaddexp) that jet cannot trace; log1p(exp(z)) is the
-        # same function, accurate for the |z| < 30 of these networks
-        "softplus": lambda z: jnp.log1p(jnp.exp(z)),
-        "sin": jnp.sin,
-        "cos": jnp.cos,
-        "exp": jnp.exp,
-        "gaussian": lambda z: jnp.exp(-(z**2) / 2),
-        "gelu": lambda z: jax.nn.gelu(z, approximate=False),
-        "silu": jax.nn.silu,
-        "elu": jax.nn.elu,
-    }
-
-
-def jax_network(jax, spec):
-    """``f(params, x) -> (..., m)`` for points ``x (..., d)``, with ``params`` a list of ``(W, b)``."""
-    activations = jax_activations(jax)
-
-    def f(params, x):
-        h = x
-        for (W, b), (_, _, name) in zip(params, spec):
-            h = h @ W + b
-            h = h if name is None else activations[name](h)
-        return h
-
-    return f
 
 
 class Case:
@@ -172,7 +139,7 @@ def jax_references(jax, jet, case, cotangents=None):
     for each group of :data:`GRADIENT_GROUPS` ``jax.grad`` of ``sum_name <cot, reference>`` as a
     flat list ``[W0, b0, W1, ...]``; all in one ``jax.jit``."""
     jnp = jax.numpy
-    f = jax_network(jax, case.spec)
+    f, _ = jax_network(jax, case.spec)
     x = jnp.asarray(case.x)
     (n, d), m = case.x.shape, case.m
     eye = np.eye(d)
@@ -331,7 +298,7 @@ def test_laplacian_matches_folx(jax):
     """folx's forward Laplacian (the same collapsed idea, written for JAX), when installed."""
     folx = pytest.importorskip("folx")
     case = Case(1)
-    f = jax_network(jax, case.spec)
+    f, _ = jax_network(jax, case.spec)
     params = [(jax.numpy.asarray(W), jax.numpy.asarray(b)) for W, b, _ in case.spec]
     laplacian = folx.forward_laplacian(partial(f, params))
     expected = np.stack([np.asarray(laplacian(jax.numpy.asarray(y)).laplacian) for y in case.x])
