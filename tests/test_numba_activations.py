@@ -93,7 +93,11 @@ def test_taylor_coefficients_of_every_order(name):
     z, order = rng.normal(scale=3.0, size=60), 8
     a = np.empty((order + 1, z.size))
     fill_block(KINDS[name], z, a, order, z.size, np.empty(z.size))
-    function = mpmath.tanh if name == "tanh" else (lambda t: 1 / (1 + mpmath.exp(-t)))
+    function = {
+        "tanh": mpmath.tanh,
+        "sigmoid": lambda t: 1 / (1 + mpmath.exp(-t)),
+        "silu": lambda t: t / (1 + mpmath.exp(-t)),
+    }[name]
     with mpmath.workdps(40):
         exact = np.array([[float(c) for c in mpmath.taylor(function, mpmath.mpf(float(v)), order)] for v in z]).T
     scale = np.abs(exact).max(axis=1, keepdims=True)

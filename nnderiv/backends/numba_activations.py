@@ -26,8 +26,10 @@ coefficients ``a_j = y^{(j)} / j!``: if ``y' = c - y^2`` then, for ``m >= 1``,
 
 .. math::  (m + 1)\, a_{m+1} = -\sum_{j=0}^{m} a_j\, a_{m-j}
 
-(``tanh``: ``y = tanh``, ``c = 1``; ``sigmoid``: ``y = sigma - 1/2``, ``c = 1/4``). Every order is
-arithmetic on the rows of a block already in cache: the exponential is evaluated once per element.
+(``tanh``: ``y = tanh``, ``c = 1``; ``sigmoid``: ``y = sigma - 1/2``, ``c = 1/4``). ``silu = z
+sigma(z)`` follows from sigmoid's coefficients ``s_j`` by the product rule, ``a_j = z s_j + s_{j-1}``.
+Every order is arithmetic on the rows of a block already in cache: the exponential is evaluated
+once per element.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from numba import types
 from numba.extending import intrinsic
 
 #: activation name -> the kind number the compiled kernels branch on (0: coefficients given)
-KINDS = {"tanh": 1, "sigmoid": 2}
+KINDS = {"tanh": 1, "sigmoid": 2, "silu": 3}
 
 LOG2E = 1.4426950408889634
 LN2_HI = 6.93147180369123816490e-01  # ln 2 rounded to 32 significant bits: n * LN2_HI is exact
@@ -150,13 +152,25 @@ def fill_block(kind, z, a, order, n, centred):
         if order >= 1:
             for i in range(n):
                 a[1, i] = centred[i]
-        b0 = a[0]
-    else:
+        _riccati(a, a[0], order, n)
+        return
+    # sigmoid, and silu from sigmoid's coefficients
+    for i in range(n):
+        a[0, i], derivative, centred[i] = sigmoid_parts(z[i])
+        if order >= 1:
+            a[1, i] = derivative
+    _riccati(a, centred, order, n)
+    if kind == 3:  # (z s)_j = z s_j + s_{j-1}, from the top so that s_{j-1} is still there
+        for j in range(order, 0, -1):
+            for i in range(n):
+                a[j, i] = z[i] * a[j, i] + a[j - 1, i]
         for i in range(n):
-            a[0, i], derivative, centred[i] = sigmoid_parts(z[i])
-            if order >= 1:
-                a[1, i] = derivative
-        b0 = centred
+            a[0, i] = z[i] * a[0, i]
+
+
+@numba.njit(fastmath=False, cache=True, nogil=True, error_model="numpy", inline="always")
+def _riccati(a, b0, order, n):
+    """Orders 2..order of a solution of ``y' = c - y^2`` from ``a[0..1]``, ``b0 = y`` (see above)."""
     # (m + 1) a_{m+1} = -(2 b_0 a_m + sum_{0 < j < m} a_j a_{m-j}), the pairs j < m - j counted twice
     for m in range(1, order):
         row = a[m + 1]

@@ -16,7 +16,9 @@ multiply-add, so each sum is added in the reference's order.
 Threads follow ``NUMBA_NUM_THREADS`` (or :func:`numba.set_num_threads`); stacks under
 ``PARALLEL_MIN_ELEMENTS`` run on the calling thread. Kernels compile on first use per dtype (float32,
 float64): seconds (``docs/backends.md``), then they are cached on disk (``cache=True``) and later
-processes load them in milliseconds.
+processes load them in milliseconds. Numba keys that cache by this file only: after editing
+:mod:`~nnderiv.backends.numba_activations` (inlined here), delete ``__pycache__/*.nb*`` or touch
+this file, or the old code keeps running.
 """
 
 from __future__ import annotations
