@@ -13,7 +13,7 @@ import numba
 import numpy as np
 import pytest
 
-from nnderiv.backends.numba_activations import KINDS, exp_neg, fill_block, sigmoid_parts, tanh_sech2
+from nnderiv.backends.numba_activations import KINDS, exp_neg, fill_block, log1p_unit, sigmoid_parts, tanh_sech2
 
 
 @numba.njit(cache=False)
@@ -24,7 +24,7 @@ def _elementwise(kind, z, out):
         elif kind == 1:
             out[0, i], out[1, i] = tanh_sech2(z[i])
         else:
-            out[0, i], out[1, i], out[2, i] = sigmoid_parts(z[i])
+            out[0, i], out[1, i], out[2, i], _ = sigmoid_parts(z[i])
 
 
 def _evaluate(kind, z):
@@ -74,6 +74,26 @@ def test_sigmoid_its_derivative_and_centred_value(z):
     assert _ulps(got[2], [s - mpmath.mpf(1) / 2 for s in sigma]) <= 4.0
 
 
+def test_log1p_on_the_unit_interval():
+    e = np.concatenate([np.linspace(0, 1, 1001), 10 ** np.random.default_rng(2).uniform(-300, 0, 500)])
+    got = _log1p(e)
+    with mpmath.workdps(40):
+        exact = [mpmath.log1p(mpmath.mpf(float(v))) for v in e]
+    assert _ulps(got, exact) <= 2.0
+
+
+@numba.njit(cache=False)
+def _log1p_loop(e, out):
+    for i in range(len(e)):
+        out[i] = log1p_unit(e[i])
+
+
+def _log1p(e):
+    out = np.empty_like(e)
+    _log1p_loop(e, out)
+    return out
+
+
 def test_special_values():
     z = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e300, -1e300, 800.0]
     exp = _evaluate(0, np.abs(z))[0]
@@ -97,6 +117,7 @@ def test_taylor_coefficients_of_every_order(name):
         "tanh": mpmath.tanh,
         "sigmoid": lambda t: 1 / (1 + mpmath.exp(-t)),
         "silu": lambda t: t / (1 + mpmath.exp(-t)),
+        "softplus": lambda t: mpmath.log(1 + mpmath.exp(t)),
     }[name]
     with mpmath.workdps(40):
         exact = np.array([[float(c) for c in mpmath.taylor(function, mpmath.mpf(float(v)), order)] for v in z]).T

@@ -41,7 +41,7 @@ from numba import types
 from numba.extending import intrinsic
 
 #: activation name -> the kind number the compiled kernels branch on (0: coefficients given)
-KINDS = {"tanh": 1, "sigmoid": 2, "silu": 3}
+KINDS = {"tanh": 1, "sigmoid": 2, "silu": 3, "softplus": 4}
 
 LOG2E = 1.4426950408889634
 LN2_HI = 6.93147180369123816490e-01  # ln 2 rounded to 32 significant bits: n * LN2_HI is exact
@@ -132,14 +132,30 @@ def tanh_sech2(z):
 
 @_jit
 def sigmoid_parts(z):
-    """``(sigma(z), sigma'(z), sigma(z) - 1/2)``, each to full relative accuracy
+    """``(sigma(z), sigma'(z), sigma(z) - 1/2, exp(-|z|))``, each to full relative accuracy
     (``sigma - 1/2 = tanh(z/2) / 2``: near 0 from the rational ``tanh``, not by cancellation)."""
     e = exp_neg(abs(z))
     upper = 1.0 / (1.0 + e)  # sigma(|z|)
     lower = e * upper  # sigma(-|z|) = 1 - sigma(|z|), without the subtraction
     near_zero = abs(z) < 2.0 * TANH_SMALL
     centred = 0.5 * tanh_rational(0.5 * z) if near_zero else np.copysign(0.5 * (upper - lower), z)
-    return (upper if z >= 0 else lower), upper * lower, centred
+    return (upper if z >= 0 else lower), upper * lower, centred, e
+
+
+#: 1 / (2k + 1), k = 0..16: atanh(u) / u = sum_k u^(2k) / (2k + 1)
+ATANH_SERIES = tuple(1.0 / (2 * k + 1) for k in range(17))
+
+
+@_jit
+def log1p_unit(e):
+    """``log(1 + e)`` for ``0 <= e <= 1``: ``2 atanh(u)``, ``u = e / (2 + e) <= 1/3``."""
+    u = e / (2.0 + e)
+    w = u * u
+    c = ATANH_SERIES
+    p = c[16]
+    for k in range(15, -1, -1):  # Horner (a constant trip count: unrolled)
+        p = p * w + c[k]
+    return 2.0 * u * p
 
 
 @numba.njit(fastmath=False, cache=True, nogil=True, error_model="numpy")
@@ -152,14 +168,27 @@ def fill_block(kind, z, a, order, n, centred):
         if order >= 1:
             for i in range(n):
                 a[1, i] = centred[i]
-        _riccati(a, a[0], order, n)
+        _riccati(a, 0, a[0], order, n)
+        return
+    if kind == 4:  # softplus: rows 1..order hold sigmoid's coefficients 0..order-1, then / j
+        for i in range(n):
+            sigma, derivative, centred[i], e = sigmoid_parts(z[i])
+            a[0, i] = max(z[i], 0.0) + log1p_unit(e)
+            if order >= 1:
+                a[1, i] = sigma
+            if order >= 2:
+                a[2, i] = derivative
+        _riccati(a, 1, centred, order - 1, n)
+        for j in range(2, order + 1):
+            for i in range(n):
+                a[j, i] = a[j, i] / j
         return
     # sigmoid, and silu from sigmoid's coefficients
     for i in range(n):
-        a[0, i], derivative, centred[i] = sigmoid_parts(z[i])
+        a[0, i], derivative, centred[i], _ = sigmoid_parts(z[i])
         if order >= 1:
             a[1, i] = derivative
-    _riccati(a, centred, order, n)
+    _riccati(a, 0, centred, order, n)
     if kind == 3:  # (z s)_j = z s_j + s_{j-1}, from the top so that s_{j-1} is still there
         for j in range(order, 0, -1):
             for i in range(n):
@@ -169,18 +198,19 @@ def fill_block(kind, z, a, order, n, centred):
 
 
 @numba.njit(fastmath=False, cache=True, nogil=True, error_model="numpy", inline="always")
-def _riccati(a, b0, order, n):
-    """Orders 2..order of a solution of ``y' = c - y^2`` from ``a[0..1]``, ``b0 = y`` (see above)."""
+def _riccati(a, first, b0, order, n):
+    """Orders 2..order of a solution of ``y' = c - y^2``, its coefficient ``j`` in row ``first + j``,
+    from orders 0 and 1 there and ``b0 = y`` (see above)."""
     # (m + 1) a_{m+1} = -(2 b_0 a_m + sum_{0 < j < m} a_j a_{m-j}), the pairs j < m - j counted twice
     for m in range(1, order):
-        row = a[m + 1]
+        row = a[first + m + 1]
         for i in range(n):
-            row[i] = 2.0 * b0[i] * a[m, i]
+            row[i] = 2.0 * b0[i] * a[first + m, i]
         for j in range(1, (m + 1) // 2):
             for i in range(n):
-                row[i] += 2.0 * (a[j, i] * a[m - j, i])
+                row[i] += 2.0 * (a[first + j, i] * a[first + m - j, i])
         if m % 2 == 0:
             for i in range(n):
-                row[i] += a[m // 2, i] * a[m // 2, i]
+                row[i] += a[first + m // 2, i] * a[first + m // 2, i]
         for i in range(n):
             row[i] = -row[i] / (m + 1)
