@@ -21,11 +21,11 @@ cotangents ``dL/dg = 2 r / N`` and ``dL/dg' = 2 r x / N`` (``r`` the residual); 
 hand-written pullback carries them to the weights.
 
 Training: Adam (1000 full-batch steps, learning rate decaying from 1e-2 to 1e-3, through a
-:func:`nnderiv.fit` callback) finds the basin; L-BFGS (:func:`lbfgs`, on the same
+:func:`nnderiv.fit` callback) finds the basin; L-BFGS (:func:`nnderiv.optim.lbfgs`, on the same
 ``loss.value_and_grad``) then drives the loss down by orders of magnitude. Adam alone comes near
 the target only after about 20000 steps, and not for every seed: a max error of 1e-4 needs the
 residual of ``u'`` near 1e-4 everywhere, a loss near 1e-8. (``pinn_poisson.py`` and
-``pinn_third_order.py`` import :func:`lbfgs` and :func:`exponential_decay` from here.)
+``pinn_third_order.py`` import :func:`exponential_decay` from here.)
 
 The printed metric is ``max |u(x) - (1 + x^2)|`` on 2001 equispaced points of ``[-1, 1]``; the
 target is 1e-4.
@@ -85,65 +85,6 @@ def exponential_decay(optimizer, lr_start: float, lr_end: float, epochs: int):
     return callback
 
 
-def lbfgs(model, loss, batch, iterations: int, memory: int = 20) -> list[float]:
-    """Minimise ``loss`` over ``model``'s parameters by L-BFGS; returns the loss after every iteration.
-
-    The two-loop recursion (Nocedal and Wright, Algorithm 7.4) over the last ``memory`` steps,
-    with a backtracking line search (sufficient decrease, ``c = 1e-4``); the loss and its gradient
-    come from ``loss.value_and_grad``, the parameters are flattened into one vector. Stops early
-    when no step decreases the loss. Updates ``model`` in place.
-    """
-    names = list(model.params)
-    shapes = [model.params[name].shape for name in names]
-    splits = np.cumsum([int(np.prod(shape)) for shape in shapes])[:-1]
-
-    def value_and_grad(theta):
-        model.set_params(
-            {name: part.reshape(shape) for name, part, shape in zip(names, np.split(theta, splits), shapes)}
-        )
-        value, grads = loss.value_and_grad(model, batch)
-        return value, np.concatenate([grads[name].ravel() for name in names])
-
-    theta = np.concatenate([model.params[name].ravel() for name in names])
-    value, grad = value_and_grad(theta)
-    steps, changes, history = [], [], []  # s_k = theta_{k+1} - theta_k, y_k = grad_{k+1} - grad_k
-    for _ in range(iterations):
-        if not grad.any():  # a stationary point: nothing to do
-            break
-        direction = -_inverse_hessian_times(grad, steps, changes)
-        slope = grad @ direction
-        if slope >= 0:  # not a descent direction: forget the curvature pairs
-            steps, changes, direction, slope = [], [], -grad, -(grad @ grad)
-        step = 1.0 if steps else min(1.0, 1e-2 / np.abs(grad).max())  # first step: move by ~1e-2
-        while step > 1e-12:
-            new_value, new_grad = value_and_grad(theta + step * direction)
-            if new_value <= value + 1e-4 * step * slope:
-                break
-            step *= 0.5
-        else:
-            break
-        s, y = step * direction, new_grad - grad
-        if s @ y > 1e-12 * (y @ y):  # keep only pairs with positive curvature
-            steps, changes = (steps + [s])[-memory:], (changes + [y])[-memory:]
-        theta, value, grad = theta + s, new_value, new_grad
-        history.append(value)
-    value_and_grad(theta)  # leave the model at the accepted point, not at a rejected trial
-    return history
-
-
-def _inverse_hessian_times(grad, steps, changes):
-    """The L-BFGS approximation of ``H^-1 grad``."""
-    q, alphas = grad.copy(), []
-    for s, y in zip(reversed(steps), reversed(changes)):
-        alphas.append(s @ q / (y @ s))
-        q -= alphas[-1] * y
-    if steps:
-        q *= (steps[-1] @ changes[-1]) / (changes[-1] @ changes[-1])
-    for s, y, alpha in zip(steps, changes, reversed(alphas)):
-        q += (alpha - y @ q / (y @ s)) * s
-    return q
-
-
 def train(
     epochs: int = 1000,
     seed: int = 0,
@@ -166,7 +107,7 @@ def train(
     decay = exponential_decay(optimizer, *lr, epochs)
     start = time.perf_counter()
     history = nd.fit(g, loss, data, optimizer=optimizer, epochs=epochs, seed=seed, callbacks=[decay], progress=progress)
-    losses = history.loss + lbfgs(g, loss, data, lbfgs_iterations)
+    losses = history.loss + nd.optim.lbfgs(g, loss, data, lbfgs_iterations)
     return g, losses, time.perf_counter() - start
 
 

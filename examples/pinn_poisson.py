@@ -25,7 +25,7 @@ Two details matter for accuracy:
   rather than through a corner), so ``u(x) = net(2 x - 1)`` and ``Delta_x u = 4 Delta_xi net``:
   hence ``scale=-4.0``;
 - Adam (1000 steps, learning rate decaying from 1e-2 to 1e-3) finds the basin, then L-BFGS
-  (``lbfgs`` of ``examples/pinn_ode.py``, on the same ``loss.value_and_grad``) polishes: Adam
+  (:func:`nnderiv.optim.lbfgs`, on the same ``loss.value_and_grad``) polishes: Adam
   alone plateaus near a relative error of 7e-4 after 8000 steps; the two together reach about
   1e-4 in a fraction of the time. The boundary term weighs ``w = 1000``: the error left at the
   end sits mostly along the edges.
@@ -44,7 +44,7 @@ import argparse
 import time
 
 import numpy as np
-from pinn_ode import exponential_decay, lbfgs  # the sibling example (run from examples/ or with it on the path)
+from pinn_ode import exponential_decay  # the sibling example (run from examples/ or with it on the path)
 
 import nnderiv as nd
 from nnderiv.losses import OperatorMSE
@@ -117,7 +117,7 @@ def train(
     history = nd.fit(
         model, loss, data, optimizer=optimizer, epochs=epochs, seed=seed, callbacks=[decay], progress=progress
     )
-    losses = history.loss + lbfgs(model, loss, data, lbfgs_iterations)
+    losses = history.loss + nd.optim.lbfgs(model, loss, data, lbfgs_iterations)
     return model, losses, time.perf_counter() - start
 
 

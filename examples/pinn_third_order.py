@@ -53,7 +53,7 @@ import argparse
 import time
 
 import numpy as np
-from pinn_ode import exponential_decay, lbfgs  # the sibling example (run from examples/ or with it on the path)
+from pinn_ode import exponential_decay  # the sibling example (run from examples/ or with it on the path)
 
 import nnderiv as nd
 from nnderiv.losses import OperatorMSE
@@ -164,7 +164,7 @@ def train(problem: str, epochs: int = 1000, seed: int = 0, *, lbfgs_iterations: 
     history = nd.fit(
         model, loss, data, optimizer=optimizer, epochs=epochs, seed=seed, callbacks=[decay], progress=progress
     )
-    losses = history.loss + lbfgs(model, loss, data, lbfgs_iterations)
+    losses = history.loss + nd.optim.lbfgs(model, loss, data, lbfgs_iterations)
     return model, losses, time.perf_counter() - start
 
 

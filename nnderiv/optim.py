@@ -1,4 +1,4 @@
-"""Optimisers: new parameters from parameters and their gradients.
+"""Optimisers: new parameters from parameters and their gradients, and full-batch L-BFGS.
 
 ``optimizer.step(params, grads) -> new_params`` is a function of its inputs and the optimiser's
 state (keyed by parameter name): it returns NEW arrays, never writes into ``params`` or ``grads``,
@@ -111,6 +111,78 @@ class Adam(Optimizer):
 
     def __repr__(self):
         return f"Adam(lr={self.lr!r}, betas={self.betas!r}, eps={self.eps!r})"
+
+
+def lbfgs(model, loss, batch, iterations: int, *, memory: int = 20) -> list[float]:
+    """Minimise ``loss`` over ``model``'s parameters by L-BFGS on one full batch; returns the loss
+    after every iteration and leaves ``model`` at the last accepted point.
+
+    The two-loop recursion (Nocedal and Wright, *Numerical Optimization*, Algorithm 7.4) over the
+    last ``memory`` curvature pairs, keeping only pairs of positive curvature, with a backtracking
+    line search (sufficient decrease, ``c = 1e-4``); the loss and its gradient come from
+    ``loss.value_and_grad(model, batch)`` (any :class:`nnderiv.Loss`). Stops early at a
+    stationary point or when no step decreases the loss. Adam finds the basin of a
+    physics-informed loss, L-BFGS polishes it (``examples/pinn_poisson.py``: 5e-4 -> 1e-4).
+
+    >>> import numpy as np, nnderiv as nd
+    >>> model = nd.MLP([1, 8, 1], activation="tanh", seed=0)
+    >>> x = np.linspace(-1, 1, 32)[:, None]
+    >>> losses = lbfgs(model, nd.MSE("value", "y"), {"x": x, "y": np.sin(2 * x)}, 200)
+    >>> bool(losses[-1] < 1e-4 and all(b <= a for a, b in zip(losses, losses[1:])))
+    True
+    """
+    for name, value, least in (("iterations", iterations, 0), ("memory", memory, 1)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+            raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}")
+    names = list(model.params)
+    shapes = [model.params[name].shape for name in names]
+    splits = np.cumsum([int(np.prod(shape)) for shape in shapes])[:-1]
+
+    def value_and_grad(theta):
+        model.set_params(
+            {name: part.reshape(shape) for name, part, shape in zip(names, np.split(theta, splits), shapes)}
+        )
+        value, grads = loss.value_and_grad(model, batch)
+        return value, np.concatenate([grads[name].ravel() for name in names])
+
+    theta = np.concatenate([model.params[name].ravel() for name in names])
+    value, grad = value_and_grad(theta)
+    steps, changes, history = [], [], []  # s_k = theta_{k+1} - theta_k, y_k = grad_{k+1} - grad_k
+    for _ in range(iterations):
+        if not grad.any():  # a stationary point: nothing to do
+            break
+        direction = -_inverse_hessian_times(grad, steps, changes)
+        slope = grad @ direction
+        if slope >= 0:  # not a descent direction: forget the curvature pairs
+            steps, changes, direction, slope = [], [], -grad, -(grad @ grad)
+        step = 1.0 if steps else min(1.0, 1e-2 / np.abs(grad).max())  # first step: move by ~1e-2
+        while step > 1e-12:
+            new_value, new_grad = value_and_grad(theta + step * direction)
+            if new_value <= value + 1e-4 * step * slope:
+                break
+            step *= 0.5
+        else:
+            break
+        s, y = step * direction, new_grad - grad
+        if s @ y > 1e-12 * (y @ y):  # keep only pairs with positive curvature
+            steps, changes = (steps + [s])[-memory:], (changes + [y])[-memory:]
+        theta, value, grad = theta + s, new_value, new_grad
+        history.append(float(value))
+    value_and_grad(theta)  # leave the model at the accepted point, not at a rejected trial
+    return history
+
+
+def _inverse_hessian_times(grad, steps, changes):
+    """The L-BFGS approximation of ``H^-1 grad``: the two-loop recursion."""
+    q, alphas = grad.copy(), []
+    for s, y in zip(reversed(steps), reversed(changes)):
+        alphas.append(s @ q / (y @ s))
+        q -= alphas[-1] * y
+    if steps:
+        q *= (steps[-1] @ changes[-1]) / (changes[-1] @ changes[-1])
+    for s, y, alpha in zip(steps, changes, reversed(alphas)):
+        q += (alpha - y @ q / (y @ s)) * s
+    return q
 
 
 def _checked_grads(params, grads) -> dict[str, np.ndarray]:

@@ -157,3 +157,46 @@ def test_bad_hyperparameters_fail_loudly(make):
 def test_params_and_grads_must_be_dicts():
     with pytest.raises(nd.NnderivError, match="dicts"):
         nd.SGD(0.1).step([np.ones(2)], [np.ones(2)])
+
+
+# --------------------------------------------------------------------------------------------
+# L-BFGS (full batch)
+
+
+def _fit_problem():
+    model = nd.MLP([1, 8, 1], activation="tanh", seed=0)
+    x = np.linspace(-1, 1, 32)[:, None]
+    return model, nd.MSE("value", "y"), {"x": x, "y": np.sin(2 * x)}
+
+
+def test_lbfgs_decreases_the_loss_monotonically_and_beats_adam():
+    model, loss, batch = _fit_problem()
+    start, _ = loss.value_and_grad(model, batch)
+    losses = nd.optim.lbfgs(model, loss, batch, 300)
+    assert losses[-1] < 1e-5 < start
+    assert all(b <= a for a, b in zip([start, *losses], losses))
+    final, _ = loss.value_and_grad(model, batch)
+    assert final == losses[-1]  # the model is left at the last accepted point
+    adam_model, _, _ = _fit_problem()
+    history = nd.fit(adam_model, loss, batch, optimizer=nd.Adam(1e-2), epochs=300, progress=False)
+    assert losses[-1] < history.loss[-1]
+
+
+def test_lbfgs_stops_at_a_stationary_point_and_on_zero_iterations():
+    model = nd.MLP([1, 4, 1], activation="tanh", seed=0)
+    x = np.linspace(-1, 1, 8)[:, None]
+    batch = {"x": x, "y": model(x)}  # already exact: zero gradient
+    assert nd.optim.lbfgs(model, nd.MSE("value", "y"), batch, 10) == []
+    model, loss, batch = _fit_problem()
+    before = {name: value.copy() for name, value in model.params.items()}
+    assert nd.optim.lbfgs(model, loss, batch, 0) == []
+    for name, value in model.params.items():
+        np.testing.assert_array_equal(value, before[name])
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [({"iterations": -1}, "iterations"), ({"memory": 0}, "memory")])
+def test_lbfgs_rejects_bad_settings(kwargs, match):
+    model, loss, batch = _fit_problem()
+    arguments = {"iterations": 5, **kwargs}
+    with pytest.raises(nd.ConfigError, match=match):
+        nd.optim.lbfgs(model, loss, batch, arguments.pop("iterations"), **arguments)
