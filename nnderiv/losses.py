@@ -274,8 +274,8 @@ class OperatorMSE(Loss):
         ``None`` for a residual that should vanish.
     points : str
         The key of the batch array with the points ``(N, d)`` where ``fn`` is evaluated, e.g.
-        ``"x_boundary"`` for a boundary condition (:func:`nnderiv.fit` needs every array of the
-        data to have as many rows as ``data["x"]``).
+        ``"x_boundary"`` for a boundary condition (in :func:`nnderiv.fit`, pass arrays with
+        another number of rows than ``data["x"]`` as ``fixed=``).
     scale : real
         Multiplies the output: ``scale=-1.0`` with ``nd.laplacian`` is ``-Delta u``.
     select : index or None

@@ -75,6 +75,7 @@ def fit(
     loss,
     data: Mapping,
     *,
+    fixed: Mapping | None = None,
     optimizer=None,
     epochs: int = 1,
     batch_size: int | None = None,
@@ -93,7 +94,12 @@ def fit(
     loss : Loss
         E.g. ``nd.MSE("value", "y") + 0.1 * nd.MSE("jacobian", "dy")``.
     data : dict of arrays
-        The points under ``"x"`` ``(N, d)`` and the targets the loss names, each with ``N`` rows.
+        The points under ``"x"`` ``(N, d)`` and the targets the loss names, each with ``N`` rows;
+        these are shuffled and cut into mini-batches.
+    fixed : dict of arrays, optional
+        Arrays given whole to every batch, with any number of rows: e.g. boundary points and
+        values, ``fixed={"x_boundary": xb, "g": g}`` for ``OperatorMSE(nd.value, "g",
+        points="x_boundary")``. Names must differ from those of ``data``.
     optimizer : default ``Adam(1e-3)``
         Keeps its state between calls when passed in again.
     epochs, batch_size, shuffle, seed
@@ -122,6 +128,7 @@ def fit(
     (50, True)
     """
     data, n_points = _checked_data(data, model)
+    fixed = _checked_fixed(fixed, data, model)
     epochs = check.positive_int(epochs, "epochs")
     batch_size = n_points if batch_size is None else min(check.positive_int(batch_size, "batch_size"), n_points)
     optimizer = Adam(1e-3) if optimizer is None else optimizer
@@ -135,7 +142,7 @@ def fit(
         try:
             for epoch in range(epochs):
                 order = rng.permutation(n_points) if shuffle else np.arange(n_points)
-                epoch_loss = _run_epoch(model, loss, optimizer, data, order, batch_size, epoch, history)
+                epoch_loss = _run_epoch(model, loss, optimizer, data, fixed, order, batch_size, epoch, history)
                 history.loss.append(epoch_loss)
                 bar.set_postfix(loss=f"{epoch_loss:.4g}", refresh=False)
                 bar.update(1)
@@ -155,12 +162,12 @@ def fit(
     return history
 
 
-def _run_epoch(model, loss, optimizer, data, order, batch_size, epoch, history) -> float:
-    """One pass over ``data`` in the row ``order``; the mean of the batch losses."""
+def _run_epoch(model, loss, optimizer, data, fixed, order, batch_size, epoch, history) -> float:
+    """One pass over ``data`` in the row ``order`` (``fixed`` in every batch); the mean of the batch losses."""
     batch_losses = []
     for number, start in enumerate(range(0, len(order), batch_size)):
         rows = order[start : start + batch_size]
-        batch = {key: array[rows] for key, array in data.items()}
+        batch = {**{key: array[rows] for key, array in data.items()}, **fixed}
         value, grads = loss.value_and_grad(model, batch)
         _check_finite(value, grads, epoch, number)
         with _DeferredInterrupt():  # the optimiser's state and the model's parameters move together
@@ -196,6 +203,18 @@ def _checked_data(data, model) -> tuple[dict[str, np.ndarray], int]:
                 f"got shape {arrays[key].shape}"
             )
     return arrays, n_points
+
+
+def _checked_fixed(fixed, data, model) -> dict[str, np.ndarray]:
+    """``fixed`` as finite arrays of the model's dtype, named apart from ``data``."""
+    if fixed is None:
+        return {}
+    if not isinstance(fixed, Mapping):
+        raise ConfigError(f"fixed must be a dict of arrays, got {type(fixed).__name__}")
+    clash = sorted(set(fixed) & set(data))
+    if clash:
+        raise ConfigError(f"fixed and data both name {clash}: an array is either batched (data) or whole (fixed)")
+    return {key: check.real_array(array, f"fixed[{key!r}]", model.dtype) for key, array in fixed.items()}
 
 
 def _check_checkpoint(checkpoint) -> None:

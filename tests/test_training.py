@@ -298,3 +298,25 @@ def test_bad_arguments_fail_loudly():
         nd.fit(model, lambda D, batch: 0.0, data, progress=False)
     with pytest.raises(nd.NnderivError, match="callbacks"):
         nd.fit(model, loss, data, callbacks=[1], progress=False)
+
+
+def test_fixed_arrays_reach_every_batch_whole():
+    model = nd.MLP([2, 8, 1], activation="tanh", seed=0)
+    rng = np.random.default_rng(0)
+    x, xb = rng.uniform(0, 1, (40, 2)), rng.uniform(0, 1, (7, 2)).round()
+    loss = nd.OperatorMSE(nd.laplacian, "f", scale=-1.0) + 10.0 * nd.OperatorMSE(nd.value, "g", points="x_boundary")
+    seen = []
+    original = loss.value_and_grad
+
+    def spying(model, batch):
+        seen.append((len(batch["x"]), len(batch["x_boundary"])))
+        return original(model, batch)
+
+    loss.value_and_grad = spying
+    data, fixed = {"x": x, "f": np.ones((40, 1))}, {"x_boundary": xb, "g": np.zeros((7, 1))}
+    history = nd.fit(model, loss, data, fixed=fixed, batch_size=16, epochs=3, progress=False)
+    assert seen == [(16, 7), (16, 7), (8, 7)] * 3 and history.steps == 9
+    with pytest.raises(nd.ConfigError, match="both name"):
+        nd.fit(model, loss, data, fixed={"f": np.ones((3, 1))}, progress=False)
+    with pytest.raises(nd.NonFiniteError):
+        nd.fit(model, loss, data, fixed={"x_boundary": xb, "g": np.full((7, 1), np.nan)}, progress=False)
