@@ -235,7 +235,7 @@ def test_activation_derivatives_match_the_reference(backend, name, rng):
         assert_close(module.taylor_coefficients(activation, module.asarray(z_t), 6), want, f"{name} coefficients")
 
 
-@pytest.mark.parametrize("name", ["tanh", "sigmoid", "silu", "softplus"])
+@pytest.mark.parametrize("name", ["tanh", "sigmoid", "silu", "softplus", "sin", "cos"])
 @pytest.mark.parametrize("order", [0, 1, 2, 4])
 def test_fused_activation_steps_match_the_reference(backend, numba_path, name, order, rng):
     """The activation step with its coefficients computed inside the kernel (numba: tanh, sigmoid)."""

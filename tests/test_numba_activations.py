@@ -13,7 +13,15 @@ import numba
 import numpy as np
 import pytest
 
-from nnderiv.backends.numba_activations import KINDS, exp_neg, fill_block, log1p_unit, sigmoid_parts, tanh_sech2
+from nnderiv.backends.numba_activations import (
+    KINDS,
+    exp_neg,
+    fill_block,
+    log1p_unit,
+    sigmoid_parts,
+    sin_cos,
+    tanh_sech2,
+)
 
 
 @numba.njit(cache=False)
@@ -74,6 +82,29 @@ def test_sigmoid_its_derivative_and_centred_value(z):
     assert _ulps(got[2], [s - mpmath.mpf(1) / 2 for s in sigma]) <= 4.0
 
 
+@numba.njit(cache=False)
+def _sin_cos_loop(z, out):
+    for i in range(len(z)):
+        out[0, i], out[1, i] = sin_cos(z[i])
+
+
+def test_sin_and_cos_within_one_ulp_up_to_the_reduction_limit():
+    rng = np.random.default_rng(3)
+    near_quadrants = np.arange(-400, 400) * (np.pi / 2) + rng.normal(scale=1e-9, size=800)
+    z = np.concatenate([rng.uniform(-10, 10, 1500), near_quadrants, 10 ** rng.uniform(-10, 5.9, 500)])
+    out = np.empty((2, z.size))
+    _sin_cos_loop(z, out)
+    with mpmath.workdps(50):
+        sine = [mpmath.sin(mpmath.mpf(float(v))) for v in z]
+        cosine = [mpmath.cos(mpmath.mpf(float(v))) for v in z]
+    assert _ulps(out[0], sine) <= 1.0 and _ulps(out[1], cosine) <= 1.0
+    a = np.empty((3, 4))
+    big = np.array([1e7, -3e10, 0.5, np.nan])  # beyond the reduction limit: the C library, per block
+    fill_block(KINDS["sin"], big, a, 2, 4, np.empty(4))
+    np.testing.assert_array_equal(a[0], np.sin(big))
+    np.testing.assert_array_equal(a[1], np.cos(big))
+
+
 def test_log1p_on_the_unit_interval():
     e = np.concatenate([np.linspace(0, 1, 1001), 10 ** np.random.default_rng(2).uniform(-300, 0, 500)])
     got = _log1p(e)
@@ -118,6 +149,8 @@ def test_taylor_coefficients_of_every_order(name):
         "sigmoid": lambda t: 1 / (1 + mpmath.exp(-t)),
         "silu": lambda t: t / (1 + mpmath.exp(-t)),
         "softplus": lambda t: mpmath.log(1 + mpmath.exp(t)),
+        "sin": mpmath.sin,
+        "cos": mpmath.cos,
     }[name]
     with mpmath.workdps(40):
         exact = np.array([[float(c) for c in mpmath.taylor(function, mpmath.mpf(float(v)), order)] for v in z]).T

@@ -30,9 +30,17 @@ coefficients ``a_j = y^{(j)} / j!``: if ``y' = c - y^2`` then, for ``m >= 1``,
 sigma(z)`` follows from sigmoid's coefficients ``s_j`` by the product rule, ``a_j = z s_j + s_{j-1}``.
 Every order is arithmetic on the rows of a block already in cache: the exponential is evaluated
 once per element.
+
+``sin`` and ``cos`` follow fdlibm: ``z = n pi/2 + r`` with ``|r| <= pi/4``, ``pi/2`` in three
+33-bit parts (each ``n * part`` exact for ``|n| < 2^20``), then fdlibm's kernel polynomials of
+``r`` and the quadrant ``n mod 4``. Beyond ``|z| = 2^19 pi/2``
+that reduction loses accuracy: a block holding such a value is evaluated by the C library.
+Their coefficients cycle: ``sin^(j) = (sin, cos, -sin, -cos)[j mod 4]``.
 """
 
 from __future__ import annotations
+
+import math
 
 import numba
 import numpy as np
@@ -41,7 +49,7 @@ from numba import types
 from numba.extending import intrinsic
 
 #: activation name -> the kind number the compiled kernels branch on (0: coefficients given)
-KINDS = {"tanh": 1, "sigmoid": 2, "silu": 3, "softplus": 4}
+KINDS = {"tanh": 1, "sigmoid": 2, "silu": 3, "softplus": 4, "sin": 5, "cos": 6}
 
 LOG2E = 1.4426950408889634
 LN2_HI = 6.93147180369123816490e-01  # ln 2 rounded to 32 significant bits: n * LN2_HI is exact
@@ -158,6 +166,65 @@ def log1p_unit(e):
     return 2.0 * u * p
 
 
+TWO_OVER_PI = 6.36619772367581382433e-01
+PIO2_1 = 1.57079632673412561417e00  # pi/2 in three parts of 33 bits, and the rest (fdlibm)
+PIO2_2 = 6.07710050630396597660e-11
+PIO2_3 = 2.02226624871116645580e-21
+PIO2_3T = 8.47842766036889956997e-32
+REDUCTION_MAX = 2.0**19 * 1.5707963267948966
+SIN_POLY = (-1.66666666666666324348e-01, 8.33333333332248946124e-03, -1.98412698298579493134e-04,
+            2.75573137070700676789e-06, -2.50507602534068634195e-08, 1.58969099521155010221e-10)  # fmt: skip
+COS_POLY = (4.16666666666666019037e-02, -1.38888888888741095749e-03, 2.48015872894767294178e-05,
+            -2.75573143513906633035e-07, 2.08757232129817482790e-09, -1.13596475577881948265e-11)  # fmt: skip
+
+
+@_jit
+def sin_cos(z):
+    """``(sin z, cos z)`` for ``|z| <= REDUCTION_MAX`` (NaN for NaN and the infinities)."""
+    shifted = z * TWO_OVER_PI + SHIFTER
+    n = shifted - SHIFTER  # round(z / (pi/2))
+    r = (((z - n * PIO2_1) - n * PIO2_2) - n * PIO2_3) - n * PIO2_3T
+    x = r * r
+    p, q = SIN_POLY, COS_POLY
+    sine = r + (x * r) * (p[0] + x * (p[1] + x * (p[2] + x * (p[3] + x * (p[4] + x * p[5])))))
+    tail = x * (x * (q[0] + x * (q[1] + x * (q[2] + x * (q[3] + x * (q[4] + x * q[5]))))))
+    half = 0.5 * x
+    w = 1.0 - half
+    cosine = w + (((1.0 - w) - half) + tail)
+    quadrant = n - 4.0 * np.floor(0.25 * n)  # n mod 4, as a float (selects on floats vectorize)
+    odd = quadrant == 1.0 or quadrant == 3.0
+    s = cosine if odd else sine
+    c = sine if odd else cosine
+    s = -s if quadrant >= 2.0 else s
+    c = -c if quadrant == 1.0 or quadrant == 2.0 else c
+    return s, c
+
+
+@numba.njit(fastmath=False, cache=True, nogil=True, error_model="numpy")
+def _fill_cycle(kind, z, a, order, n, centred):
+    """sin (``kind`` 5) or cos (6): ``a_j = (s, c, -s, -c)[j mod 4] / j!``, shifted by one for cos."""
+    large = False
+    for i in range(n):
+        large |= abs(z[i]) > REDUCTION_MAX
+    if large:  # the C library's argument reduction (rare: only blocks holding such values)
+        for i in range(n):
+            a[0, i], centred[i] = math.sin(z[i]), math.cos(z[i])
+    else:
+        for i in range(n):
+            a[0, i], centred[i] = sin_cos(z[i])
+    if kind == 6:  # cos: g = cos, g' = -sin
+        for i in range(n):
+            a[0, i], centred[i] = centred[i], -a[0, i]
+    factorial = 1.0
+    for j in range(1, order + 1):
+        factorial *= j  # exact in float64 up to 22!
+        reciprocal = 1.0 / factorial
+        sign = 1.0 if j % 4 < 2 else -1.0
+        source = centred if j % 2 == 1 else a[0]  # derivatives alternate between g' and g
+        for i in range(n):
+            a[j, i] = (sign * source[i]) * reciprocal if j > 1 else source[i]
+
+
 @numba.njit(fastmath=False, cache=True, nogil=True, error_model="numpy")
 def fill_block(kind, z, a, order, n, centred):
     """``a[j, :n] = g^(j)(z[:n]) / j!`` for ``j = 0..order``; ``kind`` from :data:`KINDS`;
@@ -169,6 +236,9 @@ def fill_block(kind, z, a, order, n, centred):
             for i in range(n):
                 a[1, i] = centred[i]
         _riccati(a, 0, a[0], order, n)
+        return
+    if kind >= 5:
+        _fill_cycle(kind, z, a, order, n, centred)
         return
     if kind == 4:  # softplus: rows 1..order hold sigmoid's coefficients 0..order-1, then / j
         for i in range(n):
