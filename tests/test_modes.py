@@ -667,8 +667,8 @@ def _row_cases(d: int, rng):
         ("pure_derivatives", _plan_pure, {"order": K}, 1 + d * K),
         ("taylor", _plan_taylor, {"directions": V, "order": K}, 1 + n_dir * K),
         ("taylor per point", _plan_taylor, {"directions": np.stack([V, V]), "order": K}, 1 + n_dir * K),
-        ("hvp", _plan_hvp, {"v": v}, 2 * d + 2),
-        ("hvp per point", _plan_hvp, {"v": np.stack([v, v])}, 2 * d + 2),
+        ("hvp", _plan_hvp, {"v": v, "strategy": "forward"}, 2 * d + 2),
+        ("hvp per point", _plan_hvp, {"v": np.stack([v, v]), "strategy": "forward"}, 2 * d + 2),
         ("biharmonic", _plan_biharmonic, {}, 1 + 4 * d * d),
     ]
     if d >= 2:  # indefinite needs two eigenvalues of opposite signs

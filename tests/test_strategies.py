@@ -43,6 +43,24 @@ def test_reverse_strategies_agree_with_forward_mode(spec, backend, seed):
                 assert_relative_close(swept.tensor(k), forward.tensor(k), 1e-12, f"order {order}, tensor {k}")
 
 
+@given(
+    spec=networks(max_depth=3, max_d=6, max_m=3, max_width=6, activations=SMOOTH),
+    per_point=st.booleans(),
+    chunk_size=st.sampled_from([None, 4]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_hessian_vector_products_by_forward_over_reverse(spec, per_point, chunk_size, seed):
+    model = build_model(spec)
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, (9, model.n_inputs))
+    v = rng.normal(size=(9, model.n_inputs) if per_point else model.n_inputs)
+    want = nd.hvp(model, x, v, strategy="forward")
+    got = nd.hvp(model, x, v, strategy="reverse", chunk_size=chunk_size)
+    assert_relative_close(got, want, 1e-12, "H v")
+    H = nd.hessian(model, x)
+    assert_relative_close(got, np.einsum("nmij,nj->nmi", H, np.broadcast_to(v, x.shape)), 1e-12, "H @ v")
+
+
 def test_forward_over_reverse_hessian_is_exact_against_sympy():
     spec = random_spec(np.random.default_rng(3), [2, 3, 3, 2], ["tanh", "sigmoid"])
     model, x = build_model(spec), np.array([[0.3, -0.7], [-1.0, 0.5]])
@@ -107,6 +125,10 @@ def test_strategy_errors_say_what_to_do():
         nd.derivatives(model, x, order=3, strategy="reverse")
     with pytest.raises(nd.ConfigError, match="strategy='forward'"):
         nd.vjp(nd.hessian, model, x, strategy="reverse")
+    with pytest.raises(nd.ConfigError, match="strategy='forward'"):
+        nd.vjp(nd.hvp, model, x, v=np.ones(3), strategy="reverse")
+    with pytest.raises(nd.ConfigError, match="strategy must be one of"):
+        nd.hvp(model, x, np.ones(3), strategy="backwards")
     with pytest.raises(nd.ConfigError, match="cannot explain"):
         nd.explain(print, model, x)
 

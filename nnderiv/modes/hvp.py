@@ -6,6 +6,10 @@ row 0 the value, rows ``1..d`` the gradient, row ``d + 1`` the directional deriv
 ``grad f . v``, rows ``d + 2 + i`` the coefficient of ``t_i s``, which is ``(H v)_i``
 (``alpha! = 1`` for it). Through ``g(z)``: ``h_{is} = a_1 z_{is} + 2 a_2 z_i z_s`` — the only
 products are first-order rows with the ``v`` row. ``2 d + 2`` rows instead of ``C(d + 2, 2)``.
+
+With few outputs, forward-over-reverse (:mod:`nnderiv.modes.reverse`) is cheaper still: the value
+and its derivative along ``v`` forward (2 rows), the gradient and its derivative along ``v`` back
+(``2 m`` rows): ``H v`` without a row per input. ``strategy="auto"`` takes the fewer rows.
 """
 
 from __future__ import annotations
@@ -13,14 +17,15 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _validation as check
-from ..combinatorics import hessian_vector_table
-from ..errors import ShapeError
+from ..combinatorics import directional_table, hessian_vector_table
+from ..errors import ConfigError, ShapeError
 from ..operators import Plan, register, run
+from . import reverse
 from .series import SeriesMode
 
 
-def _plan_hvp(model, x, *, for_vjp, v) -> Plan:
-    d = model.n_inputs
+def _plan_hvp(model, x, *, for_vjp, v, strategy="auto") -> Plan:
+    d, m = model.n_inputs, model.n_outputs
     v = check.real_array(v, "v", model.dtype)
     if v.shape == (d,):
         directions = np.concatenate([np.eye(d, dtype=model.dtype), v[None]])
@@ -36,14 +41,36 @@ def _plan_hvp(model, x, *, for_vjp, v) -> Plan:
         out_bar[rows] = cot.transpose(2, 0, 1)
         return out_bar
 
-    return Plan(mode, lambda out_stack: out_stack[rows].transpose(1, 2, 0).copy(), readout_vjp)
+    options = (
+        reverse.Strategy("forward", 2 * d + 2, "Hessian-vector series: 1, t_i, s, t_i s"),
+        reverse.Strategy(
+            "reverse", 2 + 2 * m + reverse.SWEEP_OVERHEAD_ROWS, "forward-over-reverse along v: 2 rows, 2 m back"
+        ),
+    )
+    if strategy not in ("auto", "forward", "reverse"):
+        raise ConfigError(f"strategy must be one of 'auto', 'forward', 'reverse', got {strategy!r}")
+    if for_vjp and strategy == "reverse":
+        raise ConfigError("vjp needs strategy='forward' (or 'auto'): the reverse sweeps have no pullback")
+    chosen = "forward" if for_vjp else (strategy if strategy != "auto" else min(options, key=lambda o: o.rows).name)
+
+    def by_reverse_sweep(x, chunk_size):
+        along_v = SeriesMode(directional_table(1, 1), directions[d:], for_vjp=True)
+        _, adjoint = reverse.sweep(model, along_v, x, chunk_size)
+        return np.ascontiguousarray(adjoint[1].transpose(1, 0, 2))  # (N, m, d)
+
+    def readout(out_stack):
+        return out_stack[rows].transpose(1, 2, 0).copy()
+
+    evaluate = by_reverse_sweep if chosen == "reverse" else None
+    return Plan(mode, readout, readout_vjp, strategy=chosen, options=options, evaluate=evaluate)
 
 
-def hvp(model, x, v, *, chunk_size: int | None = None) -> np.ndarray:
+def hvp(model, x, v, *, strategy: str = "auto", chunk_size: int | None = None) -> np.ndarray:
     """Hessian times ``v`` at every point: ``(H v)[n, i, j] = sum_k d^2 f_i / dx_j dx_k v_k``.
 
     ``v`` has shape ``(d,)`` or, per point, ``(N, d)``; returns ``(N, m, d)`` from ``2 d + 2``
-    stacked rows, never forming the Hessian.
+    stacked rows (``strategy="forward"``) or ``2 + 2 m`` (``"reverse"``, forward-over-reverse),
+    whichever is fewer by default; never forming the Hessian.
 
     >>> import numpy as np, nnderiv as nd
     >>> model = nd.MLP([3, 16, 2], activation="tanh", seed=0)
@@ -51,7 +78,7 @@ def hvp(model, x, v, *, chunk_size: int | None = None) -> np.ndarray:
     >>> bool(np.allclose(nd.hvp(model, x, v), nd.hessian(model, x) @ v))
     True
     """
-    return run(_plan_hvp, model, x, chunk_size, v=v)
+    return run(_plan_hvp, model, x, chunk_size, v=v, strategy=strategy)
 
 
 register(hvp, _plan_hvp)

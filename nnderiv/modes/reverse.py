@@ -84,31 +84,37 @@ class Result:
 
 def evaluate(model, x: np.ndarray, order: int, chunk_size=None) -> Result:
     """Value, Jacobian and (``order == 2``) Hessian of ``model`` at ``x`` by the sweeps above."""
-    forward_mode = FullMode(model.n_inputs, order - 1, for_vjp=True)
-    adjoint_rows = model.n_outputs * order_rows(model.n_inputs, order)
-    size = engine.forward_chunk_size(model, forward_mode, len(x), chunk_size, extra_rows=adjoint_rows)
-    parts = [_evaluate(model, forward_mode, x[part], order) for part in engine.chunks(len(x), size)]
+    value, adjoint = sweep(model, FullMode(model.n_inputs, order - 1, for_vjp=True), x, chunk_size)
+    jacobian = np.moveaxis(adjoint[0], 0, 1)  # (N, m, d)
+    if order == 1:
+        return Result(value, jacobian, None)
+    hessian = np.transpose(adjoint[1:], (2, 1, 0, 3))  # (N, m, d_i, d_j) from (d_i, m, N, d_j)
+    return Result(value, jacobian, 0.5 * (hessian + np.swapaxes(hessian, -1, -2)))
+
+
+def sweep(model, mode, x: np.ndarray, chunk_size=None) -> tuple[np.ndarray, np.ndarray]:
+    """The forward sweep of ``mode`` (order 0, or a first-order series of ``T - 1`` tangents, with
+    ``for_vjp``), then the reverse sweep of its ``T`` rows for each output, chunk by chunk.
+
+    Returns ``(value (N, m), adjoint (T, m, N, d))`` on the host: ``adjoint[0, k]`` is
+    ``grad f_k``, ``adjoint[t, k]`` its derivative along the series' tangent ``t``.
+    """
+    extra_rows = model.n_outputs * mode.n_rows
+    size = engine.forward_chunk_size(model, mode, len(x), chunk_size, extra_rows=extra_rows)
+    parts = [_sweep(model, mode, x[part], part) for part in engine.chunks(len(x), size)]
     if len(parts) == 1:
         return parts[0]
-    return Result(
-        *(None if arrays[0] is None else np.concatenate(arrays) for arrays in zip(*(vars(p).values() for p in parts)))
-    )
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts], axis=2)
 
 
-def order_rows(d: int, order: int) -> int:
-    """Rows per output in the reverse sweep: 1 (reverse mode) or ``1 + d`` (forward-over-reverse)."""
-    return 1 if order == 1 else 1 + d
-
-
-def _evaluate(model, mode, x, order: int) -> Result:
+def _sweep(model, mode, x, part) -> tuple[np.ndarray, np.ndarray]:
     layers = [layer for layer, _ in engine.leaf_layers(model)]
-    stack, saved = mode.seed(x), []
+    stack, saved = mode.seed(x, part), []
     for layer in layers:
         stack, layer_saved = layer.forward(mode, stack)
         saved.append(layer_saved)
-    n, m, d = len(x), model.n_outputs, model.n_inputs
-    tangents = order_rows(d, order)
-    # adjoint stack (1 + d tangents, m outputs, N, width): row k of output k seeded with e_k
+    n, m, tangents = len(x), model.n_outputs, mode.n_rows
+    # adjoint stack (T rows, m outputs, N, width): row 0 of output k seeded with e_k
     adjoint = np.zeros((tangents, m, n, m), dtype=model.dtype)
     adjoint[0, np.arange(m), :, np.arange(m)] = 1.0
     adjoint = kernels.asarray(adjoint)
@@ -120,12 +126,7 @@ def _evaluate(model, mode, x, order: int) -> Result:
             W = layer.params["W"]
             flat = kernels.affine(adjoint.reshape(tangents * m, n, -1), W.T)
             adjoint = flat.reshape(tangents, m, n, W.shape[0])
-    value, adjoint = kernels.host(stack[0]), kernels.host(adjoint)  # small now: read out on the host
-    jacobian = np.moveaxis(adjoint[0], 0, 1)  # (N, m, d)
-    if order == 1:
-        return Result(value, jacobian, None)
-    hessian = np.transpose(adjoint[1:], (2, 1, 0, 3))  # (N, m, d_i, d_j) from (d_i, m, N, d_j)
-    return Result(value, jacobian, 0.5 * (hessian + np.swapaxes(hessian, -1, -2)))
+    return kernels.host(stack[0]), kernels.host(adjoint)  # small now: read out on the host
 
 
 def coefficients(result: Result, order: int) -> np.ndarray:
