@@ -1,5 +1,6 @@
 """The ``nnderiv`` command: ``nnderiv demo`` trains the Deep Differential Network examples briefly;
-``nnderiv check MODEL`` cross-checks a saved model's derivatives against PyTorch or JAX."""
+``nnderiv check MODEL`` cross-checks a saved model's derivatives against PyTorch or JAX;
+``nnderiv bench`` runs a short version of the speed benchmark (``benchmarks/bench.py`` the full one)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,12 @@ def _check(args) -> int:
     return 0 if report.ok else 1
 
 
+def _bench(args) -> int:
+    from .benchmark import run_from_args
+
+    return run_from_args(args)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="nnderiv", description=__doc__)
     parser.add_argument("--version", action="version", version=f"nnderiv {__version__}")
@@ -84,6 +91,15 @@ def main(argv=None) -> int:
     check.add_argument("--dtype", choices=["float32", "float64"], help="cast the model first")
     check.add_argument("--no-params", action="store_true", help="skip the parameter gradients")
     check.set_defaults(run=_check)
+    bench = commands.add_parser(
+        "bench",
+        help="short speed benchmark: nnderiv's backends against torch.func, JAX and folx (results checked first)",
+        description="A short version of benchmarks/bench.py (fewer points and repeats, no sweep): docs/performance.md.",
+    )
+    from .benchmark import add_arguments
+
+    add_arguments(bench, short=True)
+    bench.set_defaults(run=_bench)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -1,0 +1,112 @@
+"""Smoke tests of the benchmark (nnderiv/benchmark.py): its checking logic, its JSON, ``nnderiv bench``.
+
+Tiny problems, one repeat, no sweep; no assertion on any time (timings belong to the benchmark,
+never to the tests). Peers are used only where installed.
+"""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+import nnderiv as nd
+from nnderiv import backends
+from nnderiv import benchmark as bench
+from nnderiv.cli import main as cli_main
+
+TINY = ["--tiny", "--backends", "numpy"]
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return bench.make_problem(d=2, n=64)
+
+
+def fake_peer(name, fn):
+    return bench.Method(name, "fake peer", fn, bench.flatten)
+
+
+def test_a_wrong_or_failing_peer_is_reported_and_not_timed(problem):
+    workload = bench.WORKLOADS["W3"]
+    exact = bench.nnderiv_call(workload, problem)()
+
+    def broken():
+        raise RuntimeError("no Laplacian today")
+
+    methods = [
+        bench.nnderiv_method(workload, problem, "numpy"),
+        fake_peer("right", lambda: exact.copy()),
+        fake_peer("wrong", lambda: exact * (1 + 1e-8)),  # 1e-8 relative: over the 1e-10 tolerance
+        fake_peer("wrong shape", lambda: exact[:-1]),
+        fake_peer("broken", broken),
+    ]
+    bench.check_then_time(methods, repeats=1, warmup=0, max_call_s=60.0)
+    status = {m.name: m.result["status"] for m in methods}
+    assert status == {
+        "nnderiv numpy": "ok",
+        "right": "ok",
+        "wrong": "mismatch",
+        "wrong shape": "mismatch",
+        "broken": "error",
+    }
+    results = {m.name: m.result for m in methods}
+    assert "median_ms" in results["right"] and "median_ms" not in results["wrong"]
+    assert results["wrong"]["rel_error"] == pytest.approx(1e-8, rel=1e-3)
+    assert "no Laplacian today" in results["broken"]["error"]
+    summary = bench.summarize(workload, [m.result for m in methods])
+    assert summary["best_peer"] == "right"  # the wrong one never competes
+
+
+def test_relative_error_is_scaled_by_the_reference():
+    reference = np.array([[1e3, -2e3], [0.0, 5.0]])
+    assert bench.relative_error(reference + 2e-7, reference) == pytest.approx(1e-10)
+    assert bench.relative_error(reference, reference[:1]) == np.inf
+
+
+def test_gemm_count_of_the_value_is_one_stacked_row(problem):
+    method = bench.nnderiv_method(bench.WORKLOADS["W0"], problem, "numpy")
+    bench.check_then_time([method], repeats=1, warmup=0, max_call_s=60.0)
+    gemm = bench.gemm_profile(method, problem, runs=1)
+    assert gemm["flops"] == 2 * 64 * (2 * 64 + 64 * 64 * 2 + 64 * 1)  # rows x N x n_in x n_out x 2
+    assert gemm["rows"] == pytest.approx(1.0)
+    assert backends.load("numpy").affine.__name__ == "affine"  # the counting wrapper is removed
+
+
+@pytest.mark.parametrize("key", ["W3", "W6"])
+def test_chunked_run_picks_the_largest_chunk_the_memory_guard_accepts(key):
+    limit, n = 2**18, 1024
+    settings = bench.Settings(memory_limit=limit, sweep_repeats=1)
+    row = bench.chunked_run(bench.WORKLOADS[key], d=2, n=n, backend="numpy", settings=settings)
+    assert row["memory_limit"] == limit and row["n"] == n
+    if row["chunk_size"] is not None:  # None: nnderiv accepted all points and chunks them itself
+        problem = bench.make_problem(2, n)
+        with nd.memory_limit(limit), pytest.raises(nd.MemoryLimitError):
+            bench.nnderiv_call(bench.WORKLOADS[key], problem, chunk_size=2 * row["chunk_size"])()
+
+
+def test_json_is_written_and_parses(tmp_path):
+    path = tmp_path / "bench-out.json"
+    assert bench.main([*TINY, "--workloads", "W0", "W6", "--peers", "none", "--json", str(path)]) == 0
+    results = json.loads(path.read_text())
+    assert {"machine", "versions", "threads", "blas", "table", "settings"} <= set(results)
+    assert [(e["workload"], e["d"], e["n"]) for e in results["table"]] == [("W0", 2, 64), ("W6", 2, 64)]
+    assert all(m["status"] == "ok" for e in results["table"] for m in e["methods"])
+    assert results["machine"]["avx512f"] in (True, False)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax not installed")
+def test_peers_agree_with_nnderiv_on_the_laplacian(tmp_path):
+    path = tmp_path / "bench-peers.json"
+    assert bench.main([*TINY, "--workloads", "W3", "--json", str(path)]) == 0
+    (entry,) = json.loads(path.read_text())["table"]
+    peers = [m for m in entry["methods"] if m["family"] != "nnderiv"]
+    assert peers and all(m["status"] == "ok" and m["rel_error"] <= bench.TOLERANCE for m in peers)
+
+
+def test_nnderiv_bench_runs(tmp_path, capsys):
+    path = tmp_path / "bench-cli.json"
+    assert cli_main(["bench", *TINY, "--workloads", "W1", "--peers", "none", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "W1 Jacobian" in out and "GFLOP/s" in out
+    assert json.loads(path.read_text())["settings"]["points"] == 64
