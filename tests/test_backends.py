@@ -44,14 +44,27 @@ def host(array):
     return reference.asarray(array)
 
 
-def assert_close(got, want, what: str) -> None:
+def assert_close(got, want, what: str, exact=None) -> None:
+    """``got`` within RTOL of ``want`` (relative to the largest entry). Given ``exact`` (the same
+    quantity computed in float64), ``got`` may instead be as accurate as ``want``: two float32
+    evaluations that sum in different orders differ by the conditioning of the sums, which for
+    parameter gradients of Hessians can exceed 1e-4 with both equally right."""
     got, want = host(got), np.asarray(want)
     assert got.shape == want.shape and got.dtype == want.dtype, (
         f"{what}: {got.shape} {got.dtype} vs {want.shape} {want.dtype}"
     )
     scale = max(float(np.abs(want).max(initial=0.0)), np.finfo(want.dtype).tiny)
     error = float(np.abs(got - want).max(initial=0.0)) / scale
-    assert error <= RTOL[want.dtype], f"{what}: relative error {error:.3g} > {RTOL[want.dtype]:g}"
+    if error <= RTOL[want.dtype]:
+        return
+    assert exact is not None, f"{what}: relative error {error:.3g} > {RTOL[want.dtype]:g}"
+    exact = np.asarray(exact, dtype=np.float64)
+    got_error = float(np.abs(got - exact).max()) / scale
+    want_error = float(np.abs(want - exact).max()) / scale
+    assert got_error <= 2 * want_error, (
+        f"{what}: relative error {error:.3g} against the reference; against float64 {got_error:.3g}, "
+        f"the reference's own {want_error:.3g}"
+    )
 
 
 @pytest.fixture(params=["numba", "cupy"])
@@ -317,19 +330,29 @@ def _run(backend, fn, model, x, kwargs, chunk_size, cotangent):
     seed=st.integers(0, 2**32 - 1),
 )
 def test_public_functions_and_pullbacks_match_numpy(spec, dtype, chunk_size, seed):
+    """Numba against the NumPy reference; in float32 both are also measured against the same
+    network evaluated in float64, and Numba passes if it is as accurate as the reference."""
     rng = np.random.default_rng(seed)
     model = build_model(spec, dtype)
-    x = rng.uniform(-1, 1, (7, model.n_inputs))
+    x = rng.uniform(-1, 1, (7, model.n_inputs)).astype(dtype)
+    exact_model = build_model(spec, "float64")
+    exact_model.set_params({name: p.astype(np.float64) for name, p in model.params.items()})
     for label, fn, kwargs in public_calls(model, x, rng):
         with nd.use_backend("numpy"):
             cotangent = _cotangent(fn(model, x, **kwargs), rng)
-        want, want_grads, want_x_bar = _run("numpy", fn, model, x, kwargs, chunk_size, cotangent)
-        got, got_grads, got_x_bar = _run("numba", fn, model, x, kwargs, chunk_size, cotangent)
-        assert_close(got, want, label)
-        assert_close(got_x_bar, want_x_bar, f"{label}: x cotangent")
-        assert list(got_grads) == list(want_grads)
-        for name in want_grads:
-            assert_close(got_grads[name], want_grads[name], f"{label}: gradient of {name}")
+        want = _run("numpy", fn, model, x, kwargs, chunk_size, cotangent)
+        got = _run("numba", fn, model, x, kwargs, chunk_size, cotangent)
+        exact = None
+        if dtype == "float32":
+            exact = _run("numpy", fn, exact_model, x.astype(np.float64), kwargs, chunk_size, cotangent)
+        assert list(got[1]) == list(want[1])
+        pairs = [(label, got[0], want[0]), (f"{label}: x cotangent", got[2], want[2])]
+        pairs += [(f"{label}: gradient of {name}", got[1][name], want[1][name]) for name in want[1]]
+        exacts = [None, None] + [None] * len(want[1])
+        if exact is not None:
+            exacts = [exact[0], exact[2]] + [exact[1][name] for name in want[1]]
+        for (what, g, w), e in zip(pairs, exacts):
+            assert_close(g, w, what, exact=e)
 
 
 def test_a_pullback_may_run_on_another_cpu_backend_than_its_forward_sweep(rng):
