@@ -776,7 +776,8 @@ def blas_threads() -> int:
 
 
 def thread_settings(settings: Settings) -> dict:
-    keys = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_WAIT_POLICY", "XLA_FLAGS")
+    keys = ("OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_THREAD_TIMEOUT", "OMP_NUM_THREADS")
+    keys += ("NUMBA_NUM_THREADS", "OMP_WAIT_POLICY", "XLA_FLAGS")
     found = {key: os.environ.get(key, "unset") for key in keys}
     found.update(blas_threads=blas_threads(), peer_threads=settings.threads)
     with contextlib.suppress(Exception):

@@ -19,7 +19,8 @@ here the way a vector math library writes it, in operations LLVM turns into SIMD
 otherwise ``1 - 2e/(1 + e)`` with ``e = exp(-2|z|)``, which never cancels; ``tanh' = sech^2`` is
 ``1 - tanh^2`` (no cancellation below 0.625) or ``4e/(1 + e)^2``, accurate at any ``|z|``.
 ``sigmoid`` uses ``e = exp(-|z|)``: ``1/(1 + e)`` and ``e/(1 + e)``, each exact to rounding.
-Measured against 50-digit references (``tests/test_backends.py``): at most 2 ulp.
+Checked against 40-digit mpmath references (``tests/test_numba_activations.py``): ``tanh`` within 1 ulp,
+``sigmoid`` within 4 ulp.
 
 Higher orders come from the Riccati equations both functions solve, written for Taylor
 coefficients ``a_j = y^{(j)} / j!``: if ``y' = c - y^2`` then, for ``m >= 1``,

@@ -8,10 +8,12 @@ powers are built in two rows-by-block buffers and accumulated at once: the input
 cross memory once. Each thread (``prange`` over threads) takes a contiguous share of the blocks and
 allocates its buffers once. The pullback is fused the same way.
 
-The matrix products stay in BLAS and the transcendental functions in NumPy's SIMD ufuncs (the
-activation fills): inside Numba, ``math.tanh`` and ``math.exp`` are scalar libm calls, several times
-slower. Only multiply-adds are compiled here, with ``fastmath=False``: no reassociation, no fused
-multiply-add, so each sum is added in the reference's order.
+The matrix products stay in BLAS. For tanh, sigmoid, silu, softplus, sin and cos the activation's
+Taylor coefficients are computed inside the same pass, block by block, in SIMD arithmetic
+(:mod:`~nnderiv.backends.numba_activations`; ``math.tanh`` and ``math.exp`` would be scalar libm
+calls, several times slower); other activations get theirs from the reference's NumPy fills. The
+series arithmetic is compiled with ``fastmath=False``: no reassociation, no fused multiply-add, so
+each sum is added in the reference's order.
 
 Threads follow ``NUMBA_NUM_THREADS`` (or :func:`numba.set_num_threads`); stacks under
 ``PARALLEL_MIN_ELEMENTS`` run on the calling thread. Kernels compile on first use per dtype (float32,
