@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import _validation as check
+from . import kernels
+from .backends.numpy_backend import namespace
 from .config import get_memory_limit
 from .errors import MemoryLimitError
 
@@ -44,25 +46,71 @@ def bytes_per_point(model, mode) -> int:
     return (peak + kept) * model.dtype.itemsize
 
 
+def kept_bytes_per_point(model, mode, extra_rows: int = 0) -> int:
+    """Bytes per point of what a chunked call keeps for ALL points while its chunks run: the output
+    stack and its read-out (about as large: the results are read from the coefficients); for a
+    pullback also the cotangent read into a stack, a temporary of that size, the stack on the
+    backend, and ``x_bar`` with its chunks; a reverse sweep's ``extra_rows`` adjoint rows at the
+    input (``d`` wide). A read-out larger than its stack (a dense derivative tensor of high order
+    that you ask for, and its cotangent that you pass) comes on top."""
+    m, d = model.n_outputs, model.n_inputs
+    entries = 2 * mode.n_rows * m + extra_rows * d
+    if mode.for_vjp:
+        entries += 3 * mode.n_rows * m + 2 * d
+    return entries * model.dtype.itemsize
+
+
+#: chunks that nnderiv chooses (and the chunk_size it suggests) fill this share of the memory limit:
+#: the estimates above leave out small temporaries (read-outs, cotangents of the read-out, a
+#: broadcast bias), measured at up to 10% of the total on narrow networks (tests/test_engine.py)
+HEADROOM = 0.8
+
+
+def _workspace(model, mode, extra_rows: int = 0) -> int:
+    """The backend kernels' own buffers, for the largest stack of ``mode`` (plus ``extra_rows``)."""
+    return kernels.workspace_bytes(mode.n_rows + extra_rows, model.dtype.itemsize)
+
+
+def fitting_chunk_size(model, mode, n_points: int, *, extra_rows: int = 0) -> int:
+    """The most points per chunk whose working set, with what is kept for all ``n_points``, fills
+    ``HEADROOM`` of the memory limit (at least 1: :func:`chunk_size_for` says when even that is too much)."""
+    per_point = bytes_per_point(model, mode) + _extra_bytes_per_point(model, extra_rows)
+    kept = kept_bytes_per_point(model, mode, extra_rows) * n_points + _workspace(model, mode, extra_rows)
+    return max(1, int((HEADROOM * get_memory_limit() - kept) // per_point))
+
+
 def chunk_size_for(model, mode, n_points: int, chunk_size, *, extra_rows: int = 0) -> int:
     """Validate ``chunk_size`` against the memory limit, or pick ``n_points`` when all of it fits.
-    ``extra_rows``: rows of a second sweep (reverse strategies) beside the mode's own."""
+    ``extra_rows``: rows of a second sweep (reverse strategies) beside the mode's own.
+
+    A chunked sweep needs one chunk's working set plus what it keeps for all points
+    (:func:`kept_bytes_per_point`), and both must fit under the limit."""
     per_point = bytes_per_point(model, mode) + _extra_bytes_per_point(model, extra_rows)
     limit = get_memory_limit()
+    kept = kept_bytes_per_point(model, mode, extra_rows) * n_points + _workspace(model, mode, extra_rows)
+    if kept >= limit:
+        raise MemoryLimitError(
+            f"the results at all {n_points} points (and the kernels' buffers) alone need about "
+            f"{kept / 2**20:.1f} MiB, over the memory "
+            f"limit of {limit / 2**20:.1f} MiB: pass fewer points per call (split x), or raise the limit "
+            "with nd.set_memory_limit()"
+        )
+    fitting = fitting_chunk_size(model, mode, n_points, extra_rows=extra_rows)
     if chunk_size is None:
-        if per_point * n_points > limit:
+        if per_point * n_points + kept > limit:
             raise MemoryLimitError(
-                f"this request needs about {per_point * n_points / 2**20:.1f} MiB "
+                f"this request needs about {(per_point * n_points + kept) / 2**20:.1f} MiB "
                 f"({per_point} bytes per point x {n_points} points), over the memory limit of "
-                f"{limit / 2**20:.1f} MiB; pass chunk_size={max(1, limit // per_point)} (or smaller) "
+                f"{limit / 2**20:.1f} MiB; pass chunk_size={fitting} (or smaller) "
                 "to process the points in chunks, or raise the limit with nd.set_memory_limit()"
             )
         return max(n_points, 1)
     chunk_size = check.positive_int(chunk_size, "chunk_size")
-    if per_point * chunk_size > limit:
+    need = per_point * min(chunk_size, n_points) + kept
+    if need > limit:
         raise MemoryLimitError(
-            f"chunk_size={chunk_size} needs about {per_point * chunk_size / 2**20:.1f} MiB, over the "
-            f"memory limit of {limit / 2**20:.1f} MiB; use chunk_size <= {max(1, limit // per_point)}"
+            f"chunk_size={chunk_size} needs about {need / 2**20:.1f} MiB, over the "
+            f"memory limit of {limit / 2**20:.1f} MiB; use chunk_size <= {fitting}"
         )
     return chunk_size
 
@@ -100,8 +148,12 @@ PULLBACK_CACHE_BYTES = 8 * 2**20
 
 
 def pullback_chunk_size(model, mode) -> int:
-    """Points per chunk such that one forward-and-pullback of ``mode`` fills ``PULLBACK_CACHE_BYTES``."""
-    return max(MIN_CACHE_CHUNK, PULLBACK_CACHE_BYTES // bytes_per_point(model, mode))
+    """Points per chunk such that one forward-and-pullback of ``mode`` fills ``PULLBACK_CACHE_BYTES``
+    (and, all kept, fits the memory limit)."""
+    per_point = bytes_per_point(model, mode) + kept_bytes_per_point(model, mode)
+    budget = HEADROOM * get_memory_limit() - _workspace(model, mode)
+    fitting = max(1, int(budget // per_point))
+    return min(max(MIN_CACHE_CHUNK, PULLBACK_CACHE_BYTES // per_point), fitting)
 
 
 def forward_chunk_size(model, mode, n_points: int, chunk_size, *, extra_rows: int = 0) -> int:
@@ -109,8 +161,8 @@ def forward_chunk_size(model, mode, n_points: int, chunk_size, *, extra_rows: in
     memory limit) or, by default, a cache-sized chunk that also fits the limit."""
     if chunk_size is not None:
         return chunk_size_for(model, mode, n_points, chunk_size, extra_rows=extra_rows)
-    fitting = get_memory_limit() // (bytes_per_point(model, mode) + _extra_bytes_per_point(model, extra_rows))
-    size = min(max(n_points, 1), cache_chunk_size(model, mode.n_rows + extra_rows), max(fitting, 1))
+    fitting = fitting_chunk_size(model, mode, n_points, extra_rows=extra_rows)
+    size = min(max(n_points, 1), cache_chunk_size(model, mode.n_rows + extra_rows), fitting)
     return chunk_size_for(model, mode, n_points, size, extra_rows=extra_rows)  # raises if one point is too many
 
 
@@ -118,8 +170,22 @@ def evaluate(model, mode, x: np.ndarray, chunk_size=None) -> np.ndarray:
     """The output stack ``(mode.n_rows, N, n_outputs)`` of ``model`` at the points ``x``, in chunks
     of points (:func:`forward_chunk_size`)."""
     size = forward_chunk_size(model, mode, len(x), chunk_size)
-    outs = [model.forward(mode, mode.seed(x[part], part))[0] for part in chunks(len(x), size)]
-    return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
+    pieces = ((model.forward(mode, mode.seed(x[part], part))[0], part) for part in chunks(len(x), size))
+    return gather(pieces, len(x))
+
+
+def gather(pieces, n_points: int, axis: int = 1):
+    """One array from ``(piece, slice of points)`` pairs, the points along ``axis``: each piece is
+    written into its place as it comes (no list of pieces and their concatenation alive at once)."""
+    out = None
+    for piece, part in pieces:
+        if part == slice(0, n_points):
+            return piece
+        if out is None:
+            shape = (*piece.shape[:axis], n_points, *piece.shape[axis + 1 :])
+            out = namespace(piece).empty(shape, dtype=piece.dtype)
+        out[(slice(None),) * axis + (part,)] = piece
+    return out
 
 
 def evaluate_with_pullback(model, mode, x: np.ndarray, chunk_size=None):
@@ -135,15 +201,20 @@ def evaluate_with_pullback(model, mode, x: np.ndarray, chunk_size=None):
 
         return out, pullback
 
-    out = np.concatenate([model.forward(mode, mode.seed(x[part], part))[0] for part in parts], axis=1)
+    out = gather(((model.forward(mode, mode.seed(x[part], part))[0], part) for part in parts), len(x))
 
     def chunked_pullback(out_bar):
-        total, x_bars = None, []
-        for part in parts:  # recompute each chunk's sweep: memory stays bounded by one chunk
-            _, saved = model.forward(mode, mode.seed(x[part], part))
-            stack_bar, grads = model.backward(mode, saved, out_bar[:, part])
-            total = grads if total is None else {k: total[k] + g for k, g in grads.items()}
-            x_bars.append(mode.seed_vjp(stack_bar))
-        return total, np.concatenate(x_bars, axis=0)
+        total = None
+
+        def x_bars():
+            nonlocal total
+            for part in parts:  # recompute each chunk's sweep: memory stays bounded by one chunk
+                _, saved = model.forward(mode, mode.seed(x[part], part))
+                stack_bar, grads = model.backward(mode, saved, out_bar[:, part])
+                total = grads if total is None else {k: total[k] + g for k, g in grads.items()}
+                yield mode.seed_vjp(stack_bar), part
+
+        x_bar = gather(x_bars(), len(x), axis=0)
+        return total, x_bar
 
     return out, chunked_pullback

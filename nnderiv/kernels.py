@@ -24,6 +24,14 @@ def host(array):
     return asarray(array)
 
 
+def workspace_bytes(rows: int, itemsize: int) -> int:
+    """Bytes a kernel call of the active backend on a stack of ``rows`` rows allocates for itself
+    beyond its inputs and outputs (per-thread buffers), whatever the number of points: part of the
+    memory budget of every call."""
+    workspace = getattr(backends.active(), "workspace_bytes", None)
+    return 0 if workspace is None else workspace(rows, itemsize)
+
+
 def activation_derivatives(activation, z, k: int):
     """``[g(z), g'(z), ..., g^(k)(z)]``, shape ``(k + 1, *z.shape)``, on the backend's arrays."""
     return backends.active().activation_derivatives(activation, z, k)

@@ -363,13 +363,18 @@ class OperatorMSE(Loss):
         return residual - target
 
     def _chunk_size(self, model, x) -> int:
-        """Cache-sized chunks when the output is per point and no argument is: else all points."""
+        """Chunks of ``chunk_size`` points (given to ``fn``) or cache-sized chunks when the output is
+        per point and no argument is: each chunk is swept and pulled back at once, nothing is kept
+        for all points. Else all points in one call (which chunks by ``chunk_size`` itself)."""
         n = len(x)
         per_point_select = self.select is None or (isinstance(self.select, tuple) and self.select[:1] == (Ellipsis,))
         per_point_argument = any(np.ndim(value) >= 1 and len(value) == n for value in self.fn_kwargs.values())
-        if not per_point_select or per_point_argument or "chunk_size" in self.fn_kwargs:
+        if not per_point_select or per_point_argument:
             return max(n, 1)
-        mode = PLANNERS[self.fn](model, x[:1], for_vjp=True, **self.fn_kwargs).mode
+        if self.fn_kwargs.get("chunk_size") is not None:
+            return check.positive_int(self.fn_kwargs["chunk_size"], "chunk_size")
+        kwargs = {k: v for k, v in self.fn_kwargs.items() if k != "chunk_size"}
+        mode = PLANNERS[self.fn](model, x[:1], for_vjp=True, **kwargs).mode
         return min(max(n, 1), engine.pullback_chunk_size(model, mode))
 
     def __call__(self, D, batch):

@@ -13,15 +13,49 @@ def model():
 
 def test_memory_guard_raises_before_allocating_and_names_the_way_out(model):
     x = np.zeros((100_000, 3))
-    with nd.memory_limit(2**20), pytest.raises(nd.MemoryLimitError) as info:
+    with nd.memory_limit(2**28), pytest.raises(nd.MemoryLimitError) as info:
         nd.vjp(nd.derivatives, model, x, order=3)  # a pullback keeps every intermediate
     message = str(info.value)
     assert "MiB" in message and "chunk_size=" in message
     suggested = int(message.split("chunk_size=")[1].split()[0])
-    with nd.memory_limit(2**20):
+    with nd.memory_limit(2**28):
         out, pullback = nd.vjp(nd.derivatives, model, x[:5000], order=3, chunk_size=suggested)
         grads = pullback({3: np.ones_like(out.tensor(3))})
     assert out.tensor(3).shape == (5000, 2, 3, 3, 3) and set(grads) == set(model.params)
+
+
+@pytest.mark.parametrize(("fn", "kwargs"), [(nd.laplacian, {}), (nd.pure_derivatives, {"order": 3})])
+def test_the_suggested_chunk_size_keeps_the_traced_peak_under_the_limit(model, fn, kwargs):
+    """The chunk_size the guard suggests runs the same request under the same limit, and the traced
+    peak (every NumPy array nnderiv allocates, the results for all points included) stays under it."""
+    import tracemalloc
+
+    x = np.random.default_rng(0).uniform(-1, 1, (20_000, 3))
+    limit = 32 * 2**20
+    with nd.memory_limit(limit), pytest.raises(nd.MemoryLimitError) as info:
+        nd.vjp(fn, model, x, **kwargs)
+    suggested = int(str(info.value).split("chunk_size=")[1].split()[0])
+    assert 1 < suggested < len(x)
+    cotangent = np.ones_like(fn(model, x, **kwargs))
+    with nd.memory_limit(limit):
+        tracemalloc.start()
+        try:
+            out, pullback = nd.vjp(fn, model, x, chunk_size=suggested, **kwargs)
+            grads = pullback(cotangent)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert out.shape == cotangent.shape and set(grads) == set(model.params)
+    assert peak <= limit, f"traced peak {peak / 2**20:.1f} MiB over the limit of {limit / 2**20:.0f} MiB"
+
+
+def test_results_over_the_limit_by_themselves_are_refused_whatever_the_chunks(model):
+    x = np.zeros((100_000, 3))
+    for chunk_size in (None, 10):
+        with nd.memory_limit(2**20), pytest.raises(nd.MemoryLimitError, match="results at all 100000 points"):
+            nd.vjp(nd.derivatives, model, x, order=3, chunk_size=chunk_size)
+    with nd.memory_limit(2**20), pytest.raises(nd.MemoryLimitError, match="split x"):
+        nd.derivatives(model, x, order=3)  # the forward sweep chunks itself, but its result is 100000 x 40 floats
 
 
 def test_forward_sweeps_chunk_themselves_to_fit_the_limit(model, monkeypatch):
@@ -36,10 +70,12 @@ def test_forward_sweeps_chunk_themselves_to_fit_the_limit(model, monkeypatch):
         return chunks(n_points, size)
 
     monkeypatch.setattr(engine, "chunks", recording_chunks)
-    with nd.memory_limit(2**20):
+    limit = 32 * 2**20  # the result alone is 20000 x 20 x 2 floats: 6.1 MiB
+    with nd.memory_limit(limit):
         D = nd.derivatives(model, x, order=3)
-    per_point = engine.bytes_per_point(model, FullMode(3, 3))
-    assert sizes and sizes[-1] * per_point <= 2**20
+    mode = FullMode(3, 3)
+    per_point, kept = engine.bytes_per_point(model, mode), engine.kept_bytes_per_point(model, mode)
+    assert sizes and sizes[-1] * per_point + kept * len(x) <= limit
     np.testing.assert_allclose(D.coefficients, nd.derivatives(model, x, order=3, chunk_size=20_000).coefficients,
                                rtol=1e-14, atol=1e-15)  # fmt: skip
 
@@ -54,8 +90,11 @@ def test_forward_chunks_are_cache_sized_by_default():
 
 
 def test_chunk_size_over_limit_is_refused(model):
-    with nd.memory_limit(2**16), pytest.raises(nd.MemoryLimitError, match="chunk_size <="):
-        nd.hessian(model, np.zeros((10, 3)), chunk_size=10_000)
+    x = np.zeros((50_000, 3))
+    with nd.memory_limit(2**25), pytest.raises(nd.MemoryLimitError, match="chunk_size <="):
+        nd.hessian(model, x, chunk_size=50_000)
+    with nd.memory_limit(2**25):  # a chunk larger than the points is just all the points
+        assert nd.hessian(model, x[:100], chunk_size=100_000).shape == (100, 2, 3, 3)
 
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 64, 1000])

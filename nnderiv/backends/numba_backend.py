@@ -56,6 +56,12 @@ PAD = 8
 PARALLEL_MIN_ELEMENTS = 1 << 17
 
 
+def workspace_bytes(rows: int, itemsize: int) -> int:
+    """The most buffer memory one kernel call on a stack of ``rows`` rows allocates: per thread,
+    seven ``(rows, block)`` buffers and a few ``block`` rows (the pullback of the activation step)."""
+    return numba.get_num_threads() * (8 * rows + 4) * (_block(rows, 1 << 62) + PAD) * itemsize
+
+
 def check_available() -> None:
     """Numba is a required dependency: always available."""
 
@@ -372,10 +378,11 @@ def _compose_vjp(out_bar, z, powers, a, order, tables, stack_bar, block, threads
 # --- the backend's kernels (signatures of the reference) -----------------------------------------
 
 
-def _block(rows: int) -> int:
+def _block(rows: int, columns: int) -> int:
     """Columns per block: ``BUFFER_ELEMENTS / rows``, a multiple of 64 in ``[512, 8192]`` (small
-    stacks get long blocks: the per-block overhead is then negligible)."""
-    return max(512, min(8192, BUFFER_ELEMENTS // rows // 64 * 64))
+    stacks get long blocks: the per-block overhead is then negligible), but no more than the
+    ``columns`` there are (a training step on a few points then allocates small buffers)."""
+    return max(1, min(columns, max(512, min(8192, BUFFER_ELEMENTS // rows // 64 * 64))))
 
 
 def _flat(stack) -> np.ndarray:
@@ -396,7 +403,7 @@ def _serial(stack) -> bool:
 def bilinear(a, b, table):
     """``out[table.target[p]] += a[table.left[p]] * b[table.right[p]]``: parallel over point blocks."""
     out = np.empty((table.n_out, *a.shape[1:]), dtype=a.dtype)
-    block = _block(len(a) + len(b) + len(out))
+    block = _block(len(a) + len(b) + len(out), a[0].size)
     _bilinear(_flat(a), _flat(b), table.runs, _flat(out), block, 1 if _serial(a) else numba.get_num_threads())
     return out
 
@@ -406,7 +413,7 @@ def _composition(stack, a, table, order: int, save: bool, kind: int = 0):
     activation ``kind`` computed per block; returns ``(out, powers)`` (powers empty unless ``save``)."""
     # outputs are allocated by NumPy, not inside the kernel: NumPy asks for huge pages for large
     # arrays, Numba's allocator does not, and first-touch page faults would cost more than the math
-    tables, block = composition_tables(table), _block(len(stack))
+    tables, block = composition_tables(table), _block(len(stack), stack[0].size)
     out = np.empty_like(stack, order="C")
     powers = np.zeros((max(order - 1, 0) if save else 0, *stack.shape), dtype=stack.dtype)
     z, flat_out, flat_powers, forward = _flat(stack), _flat(out), _flat_powers(powers), tables.forward
@@ -446,7 +453,7 @@ def taylor_coefficients(activation, z, order: int):
     a = np.empty((order + 1, *z.shape), dtype=z.dtype)
     flat = np.ascontiguousarray(z).reshape(-1)
     threads = 1 if flat.size * (order + 1) < PARALLEL_MIN_ELEMENTS else numba.get_num_threads()
-    _fill(kind, flat, a.reshape(order + 1, -1), order, _block(order + 2), threads)
+    _fill(kind, flat, a.reshape(order + 1, -1), order, _block(order + 2, flat.size), threads)
     return a
 
 
@@ -470,7 +477,7 @@ def compose_vjp(out_bar, stack, powers, a, table, order: int):
     """Pullback of :func:`compose` to its input stack: one fused pass."""
     if order == 0:
         return reference.compose_vjp(out_bar, stack, powers, a, table, order)
-    tables, block = composition_tables(table), _block(len(stack))
+    tables, block = composition_tables(table), _block(len(stack), stack[0].size)
     stack_bar = np.empty_like(stack, order="C")
     left, right = tables.adjoint_left, tables.adjoint_right
     counts = np.arange(order + 2, dtype=stack.dtype)  # (j + 1) in the dtype of the stack

@@ -101,10 +101,16 @@ def sweep(model, mode, x: np.ndarray, chunk_size=None) -> tuple[np.ndarray, np.n
     """
     extra_rows = model.n_outputs * mode.n_rows
     size = engine.forward_chunk_size(model, mode, len(x), chunk_size, extra_rows=extra_rows)
-    parts = [_sweep(model, mode, x[part], part) for part in engine.chunks(len(x), size)]
-    if len(parts) == 1:
-        return parts[0]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts], axis=2)
+    value = adjoint = None
+    for part in engine.chunks(len(x), size):
+        chunk_value, chunk_adjoint = _sweep(model, mode, x[part], part)
+        if part == slice(0, len(x)):
+            return chunk_value, chunk_adjoint
+        if value is None:  # each chunk goes into its place: no list of chunks beside the result
+            value = np.empty((len(x), *chunk_value.shape[1:]), dtype=chunk_value.dtype)
+            adjoint = np.empty((*chunk_adjoint.shape[:2], len(x), chunk_adjoint.shape[3]), dtype=chunk_adjoint.dtype)
+        value[part], adjoint[:, :, part] = chunk_value, chunk_adjoint
+    return value, adjoint
 
 
 def _sweep(model, mode, x, part) -> tuple[np.ndarray, np.ndarray]:
