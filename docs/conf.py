@@ -46,6 +46,7 @@ myst_heading_anchors = 3
 # --- API reference from the docstrings --------------------------------------------------------
 autodoc_default_options = {"members": False}
 autodoc_typehints = "none"  # shapes and types are in the prose of each docstring
+autodoc_preserve_defaults = True  # show defaults as written (np.linspace(...)), not their repr
 autosummary_generate = False
 numpydoc_show_class_members = False
 numpydoc_xref_param_type = False

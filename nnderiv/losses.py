@@ -195,6 +195,8 @@ class MSE(Loss):
         The key of the batch array holding the target, of exactly the component's shape (nothing
         is broadcast); ``None`` for a zero target (a residual that should vanish).
 
+    Examples
+    --------
     >>> import numpy as np, nnderiv as nd
     >>> model = nd.MLP([2, 8, 1], seed=0)
     >>> x = np.zeros((4, 2))
@@ -285,6 +287,8 @@ class OperatorMSE(Loss):
         Passed to ``fn``: ``order=``, ``weights=``, ``v=``, ``indices=``, ``chunk_size=``, ...
         (the same for every batch).
 
+    Examples
+    --------
     >>> import numpy as np, nnderiv as nd
     >>> model = nd.MLP([2, 16, 1], activation="tanh", seed=0)
     >>> rng = np.random.default_rng(0)

@@ -88,9 +88,14 @@ def profiles(
     label : str
         The legend label of the network's curves.
 
-    Returns the figure. Each panel holds the truth's line (label ``"truth"``) first, if any, then the
-    network's; ``fig.axes[j].lines[-1].get_ydata()`` is ``taylor(model, x, [direction], K)[:, output, 0, orders[j]]``.
+    Returns
+    -------
+    Figure
+        Each panel holds the truth's line (label ``"truth"``) first, if any, then the network's;
+        ``fig.axes[j].lines[-1].get_ydata()`` is ``taylor(model, x, [direction], K)[:, output, 0, orders[j]]``.
 
+    Examples
+    --------
     >>> import numpy as np, matplotlib.pyplot as plt, nnderiv as nd
     >>> from nnderiv.plot import profiles
     >>> model = nd.MLP([2, 8, 1], activation="tanh", seed=0)
@@ -221,9 +226,14 @@ def error_maps(
     cmap : str
         The matplotlib colour map.
 
-    Returns the figure: ``fig.axes[:n_panels]`` are the maps (row-major), then one colour bar per map.
-    ``fig.axes[p].collections[0].get_array()`` is the map's error, shape ``(ny, nx)``.
+    Returns
+    -------
+    Figure
+        ``fig.axes[:n_panels]`` are the maps (row-major), then one colour bar per map.
+        ``fig.axes[p].collections[0].get_array()`` is the map's error, shape ``(ny, nx)``.
 
+    Examples
+    --------
     >>> import numpy as np, matplotlib.pyplot as plt, nnderiv as nd
     >>> from nnderiv.plot import error_maps
     >>> model = nd.MLP([2, 8, 1], activation="tanh", seed=0)

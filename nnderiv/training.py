@@ -114,10 +114,14 @@ def fit(
     checkpoint : path or None
         Save the model there (:func:`nnderiv.save`, atomically) after every epoch.
 
+    Notes
+    -----
     Ctrl-C stops training at the last finished step: ``history.interrupted`` is set and an
     :class:`~nnderiv.NnderivWarning` says so. A non-finite loss or gradient raises
     :class:`~nnderiv.NonFiniteError` naming the epoch and batch.
 
+    Examples
+    --------
     >>> import numpy as np, nnderiv as nd
     >>> x = np.linspace(-np.pi, np.pi, 32)[:, None]
     >>> data = {"x": x, "y": np.sin(x), "dy": np.cos(x)[:, :, None]}
