@@ -1,12 +1,13 @@
 """Running a model in a mode: seeding, the forward sweep, the pullback sweep, chunks and the memory guard.
 
-Points are processed in chunks of rows of ``x`` (a loop over chunks, never over points). The
-working set is estimated before anything is allocated. A forward sweep (no pullback) cuts the
-points into chunks whose stacks stay in the CPU caches and fit the memory limit of
-:func:`nnderiv.get_memory_limit`, so any ``N`` runs in bounded memory. A sweep kept for a pullback
-over the limit raises :class:`~nnderiv.errors.MemoryLimitError` naming the estimate and a
-``chunk_size`` that fits; with a ``chunk_size``, the pullback recomputes each chunk's forward sweep
-instead of keeping every chunk's intermediates, so memory stays bounded by one chunk.
+Points are processed in chunks of rows of ``x`` (a loop over chunks, never over points), one chunk
+per worker thread at a time (:mod:`nnderiv.parallel`). The working set is estimated before
+anything is allocated. A forward sweep (no pullback) cuts the points into chunks whose stacks stay
+in the CPU caches and fit the memory limit of :func:`nnderiv.get_memory_limit`, so any ``N`` runs
+in bounded memory. A sweep kept for a pullback over the limit raises
+:class:`~nnderiv.errors.MemoryLimitError` naming the estimate and a ``chunk_size`` that fits; with
+a ``chunk_size``, the pullback recomputes each chunk's forward sweep instead of keeping every
+chunk's intermediates, so memory stays bounded by one chunk per worker.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from . import kernels
 from .backends.numpy_backend import namespace
 from .config import get_memory_limit
 from .errors import MemoryLimitError
+from .parallel import map_chunks, workers
 
 
 def leaf_layers(model, width=None):
@@ -72,19 +74,25 @@ def _workspace(model, mode, extra_rows: int = 0) -> int:
 
 
 def fitting_chunk_size(model, mode, n_points: int, *, extra_rows: int = 0) -> int:
-    """The most points per chunk whose working set, with what is kept for all ``n_points``, fills
-    ``HEADROOM`` of the memory limit (at least 1: :func:`chunk_size_for` says when even that is too much)."""
+    """The most points per chunk whose working sets, one per worker, with what is kept for all
+    ``n_points``, fill ``HEADROOM`` of the memory limit (at least 1: :func:`chunk_size_for` says
+    when even that is too much)."""
     per_point = bytes_per_point(model, mode) + _extra_bytes_per_point(model, extra_rows)
     kept = kept_bytes_per_point(model, mode, extra_rows) * n_points + _workspace(model, mode, extra_rows)
-    return max(1, int((HEADROOM * get_memory_limit() - kept) // per_point))
+    return max(1, int((HEADROOM * get_memory_limit() - kept) // (per_point * workers())))
+
+
+def concurrent_chunks(n_points: int, size: int) -> int:
+    """Chunks of ``size`` points alive at once: one per worker, no more than there are."""
+    return max(1, min(workers(), -(-n_points // max(size, 1))))
 
 
 def chunk_size_for(model, mode, n_points: int, chunk_size, *, extra_rows: int = 0) -> int:
     """Validate ``chunk_size`` against the memory limit, or pick ``n_points`` when all of it fits.
     ``extra_rows``: rows of a second sweep (reverse strategies) beside the mode's own.
 
-    A chunked sweep needs one chunk's working set plus what it keeps for all points
-    (:func:`kept_bytes_per_point`), and both must fit under the limit."""
+    A chunked sweep needs the working sets of the chunks that run at once (one per worker) plus
+    what it keeps for all points (:func:`kept_bytes_per_point`), and both must fit under the limit."""
     per_point = bytes_per_point(model, mode) + _extra_bytes_per_point(model, extra_rows)
     limit = get_memory_limit()
     kept = kept_bytes_per_point(model, mode, extra_rows) * n_points + _workspace(model, mode, extra_rows)
@@ -106,7 +114,7 @@ def chunk_size_for(model, mode, n_points: int, chunk_size, *, extra_rows: int = 
             )
         return max(n_points, 1)
     chunk_size = check.positive_int(chunk_size, "chunk_size")
-    need = per_point * min(chunk_size, n_points) + kept
+    need = per_point * min(chunk_size, n_points) * concurrent_chunks(n_points, chunk_size) + kept
     if need > limit:
         raise MemoryLimitError(
             f"chunk_size={chunk_size} needs about {need / 2**20:.1f} MiB, over the "
@@ -152,26 +160,45 @@ def pullback_chunk_size(model, mode) -> int:
     (and, all kept, fits the memory limit)."""
     per_point = bytes_per_point(model, mode) + kept_bytes_per_point(model, mode)
     budget = HEADROOM * get_memory_limit() - _workspace(model, mode)
-    fitting = max(1, int(budget // per_point))
+    fitting = max(1, int(budget // (per_point * workers())))
     return min(max(MIN_CACHE_CHUNK, PULLBACK_CACHE_BYTES // per_point), fitting)
+
+
+#: a chunk given to a worker carries at least this many bytes of stack at the widest layer: each
+#: sweep of a chunk costs about 0.2 ms of Python, which the workers run one at a time (the GIL)
+PARALLEL_MIN_STACK_BYTES = 2**20
+
+
+def spread_chunk_size(model, rows: int, n_points: int) -> int:
+    """Points per chunk so that every worker gets one, but no chunk is too small to be worth a
+    worker (:data:`PARALLEL_MIN_STACK_BYTES` for a stack of ``rows`` rows)."""
+    widest = max(max(width for _, width in leaf_layers(model)), model.n_outputs)
+    smallest = max(MIN_CACHE_CHUNK, PARALLEL_MIN_STACK_BYTES // (rows * widest * model.dtype.itemsize))
+    n_chunks = max(1, min(workers(), n_points // smallest))
+    return max(1, -(-n_points // n_chunks))  # equal shares
 
 
 def forward_chunk_size(model, mode, n_points: int, chunk_size, *, extra_rows: int = 0) -> int:
     """Chunk of a sweep whose intermediates are not kept: ``chunk_size`` (validated against the
-    memory limit) or, by default, a cache-sized chunk that also fits the limit."""
+    memory limit) or, by default, a cache-sized chunk, one at least for every worker, that fits the limit."""
     if chunk_size is not None:
         return chunk_size_for(model, mode, n_points, chunk_size, extra_rows=extra_rows)
     fitting = fitting_chunk_size(model, mode, n_points, extra_rows=extra_rows)
-    size = min(max(n_points, 1), cache_chunk_size(model, mode.n_rows + extra_rows), fitting)
+    cached = cache_chunk_size(model, mode.n_rows + extra_rows)
+    size = min(max(n_points, 1), cached, fitting, spread_chunk_size(model, mode.n_rows + extra_rows, n_points))
     return chunk_size_for(model, mode, n_points, size, extra_rows=extra_rows)  # raises if one point is too many
 
 
 def evaluate(model, mode, x: np.ndarray, chunk_size=None) -> np.ndarray:
     """The output stack ``(mode.n_rows, N, n_outputs)`` of ``model`` at the points ``x``, in chunks
     of points (:func:`forward_chunk_size`)."""
-    size = forward_chunk_size(model, mode, len(x), chunk_size)
-    pieces = ((model.forward(mode, mode.seed(x[part], part))[0], part) for part in chunks(len(x), size))
-    return gather(pieces, len(x))
+    parts = chunks(len(x), forward_chunk_size(model, mode, len(x), chunk_size))
+    return gather(zip(map_chunks(lambda part: _sweep(model, mode, x, part)[0], parts), parts), len(x))
+
+
+def _sweep(model, mode, x, part):
+    """The forward sweep of ``mode`` at the points ``x[part]``: ``(output stack, saved)``."""
+    return model.forward(mode, mode.seed(x[part], part))
 
 
 def gather(pieces, n_points: int, axis: int = 1):
@@ -189,32 +216,35 @@ def gather(pieces, n_points: int, axis: int = 1):
 
 
 def evaluate_with_pullback(model, mode, x: np.ndarray, chunk_size=None):
-    """Output stack and ``pullback(out_bar) -> (param grads, x_bar)``; ``mode.for_vjp`` must be set."""
-    size = chunk_size_for(model, mode, len(x), chunk_size)
-    parts = chunks(len(x), size)
-    if len(parts) == 1:
-        out, saved = model.forward(mode, mode.seed(x))
+    """Output stack and ``pullback(out_bar) -> (param grads, x_bar)``; ``mode.for_vjp`` must be set.
 
-        def pullback(out_bar):
-            stack_bar, grads = model.backward(mode, saved, out_bar)
+    Without ``chunk_size`` the sweep of every point is kept, in one chunk per worker; with it, each
+    chunk's sweep is recomputed in the pullback instead of kept, so memory stays bounded."""
+    size = chunk_size_for(model, mode, len(x), chunk_size)
+    parts = chunks(len(x), spread_chunk_size(model, mode.n_rows, len(x)) if chunk_size is None else size)
+    keep = chunk_size is None or len(parts) == 1
+    if keep:
+        sweeps = list(map_chunks(lambda part: _sweep(model, mode, x, part), parts))
+        out = gather(((sweep[0], part) for sweep, part in zip(sweeps, parts)), len(x))
+    else:
+        out = gather(zip(map_chunks(lambda part: _sweep(model, mode, x, part)[0], parts), parts), len(x))
+
+    def pullback(out_bar):
+        def pull(index):
+            part = parts[index]
+            saved = sweeps[index][1] if keep else _sweep(model, mode, x, part)[1]
+            stack_bar, grads = model.backward(mode, saved, out_bar[:, part])
             return grads, mode.seed_vjp(stack_bar)
 
-        return out, pullback
+        total = {}
 
-    out = gather(((model.forward(mode, mode.seed(x[part], part))[0], part) for part in parts), len(x))
-
-    def chunked_pullback(out_bar):
-        total = None
-
-        def x_bars():
-            nonlocal total
-            for part in parts:  # recompute each chunk's sweep: memory stays bounded by one chunk
-                _, saved = model.forward(mode, mode.seed(x[part], part))
-                stack_bar, grads = model.backward(mode, saved, out_bar[:, part])
-                total = grads if total is None else {k: total[k] + g for k, g in grads.items()}
-                yield mode.seed_vjp(stack_bar), part
+        def x_bars():  # the gradients summed in the order of the chunks, whatever the scheduling
+            for (grads, x_bar), part in zip(map_chunks(pull, range(len(parts))), parts):
+                for name, grad in grads.items():
+                    total[name] = grad if name not in total else total[name] + grad
+                yield x_bar, part
 
         x_bar = gather(x_bars(), len(x), axis=0)
         return total, x_bar
 
-    return out, chunked_pullback
+    return out, pullback

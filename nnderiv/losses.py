@@ -37,6 +37,7 @@ from . import engine
 from .derivatives import derivatives
 from .errors import ConfigError, NonFiniteError, ShapeError
 from .operators import PLANNERS, supported, vjp
+from .parallel import map_chunks
 
 _COMPONENT_ORDERS = {"value": 0, "jacobian": 1, "hessian": 2}
 
@@ -326,8 +327,9 @@ class OperatorMSE(Loss):
         """The loss at ``batch`` and its gradient ``{param name: array}`` w.r.t. ``model.params``.
 
         The mean is over points, so each point's cotangent needs only its own output: the points
-        are taken in cache-sized chunks, each swept forward and pulled back at once
-        (:func:`nnderiv.engine.pullback_chunk_size`), and the gradients summed.
+        are taken in cache-sized chunks, one per worker at a time (:mod:`nnderiv.parallel`), each
+        swept forward and pulled back at once (:func:`nnderiv.engine.pullback_chunk_size`), and the
+        gradients summed in the order of the chunks.
         """
         x = check.points(_batch_array(batch, self.points, self), model)
         target = None if self.target is None else _batch_array(batch, self.target, self)
@@ -339,20 +341,23 @@ class OperatorMSE(Loss):
                     f"target batch[{self.target!r}] must have one row per point of batch[{self.points!r}] "
                     f"({len(x)}), got shape {target.shape}"
                 )
-        total, grads, entries = 0.0, None, None
-        for part in parts:
+
+        def value_and_grad_of(part):  # the sum of squares and its gradient on one chunk
             out, pullback = vjp(self.fn, model, x[part], **self.fn_kwargs)
             residual = self._residual(out, target if target is None or len(parts) == 1 else target[part])
-            if entries is None:  # entries of the whole residual, from the first chunk's per-point count
-                entries = residual.size // max(len(out), 1) * len(x) if len(parts) > 1 else residual.size
-            out_bar = (2.0 * self.scale / max(entries, 1)) * residual
+            out_bar = (2.0 * self.scale) * residual
             if self.select is not None:  # the adjoint of indexing: scatter, adding where an index repeats
                 out_bar, selected_bar = np.zeros_like(out), out_bar
                 np.add.at(out_bar, self.select, selected_bar)
-            total += float(np.sum(residual**2))
-            part_grads = pullback(out_bar)
+            return float(np.sum(residual**2)), residual.size, pullback(out_bar)
+
+        total, entries, grads = 0.0, 0, None
+        for part_total, part_entries, part_grads in map_chunks(value_and_grad_of, parts):  # summed in order
+            total, entries = total + part_total, entries + part_entries
             grads = part_grads if grads is None else {k: grads[k] + g for k, g in part_grads.items()}
-        return total / max(entries, 1) if entries else float("nan"), grads
+        if not entries:
+            return float("nan"), grads
+        return total / entries, {name: grad * (1.0 / entries) for name, grad in grads.items()}  # the mean
 
     def _residual(self, out, target) -> np.ndarray:
         residual = self.scale * self._selected(out)
@@ -379,7 +384,7 @@ class OperatorMSE(Loss):
             return check.positive_int(self.fn_kwargs["chunk_size"], "chunk_size")
         kwargs = {k: v for k, v in self.fn_kwargs.items() if k != "chunk_size"}
         mode = PLANNERS[self.fn](model, x[:1], for_vjp=True, **kwargs).mode
-        return min(max(n, 1), engine.pullback_chunk_size(model, mode))
+        return min(max(n, 1), engine.pullback_chunk_size(model, mode), engine.spread_chunk_size(model, mode.n_rows, n))
 
     def __call__(self, D, batch):
         raise ConfigError(

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from nnderiv.backends.numba_activations import (
+    FILL_FASTMATH,
     KINDS,
     exp_neg,
     fill_block,
@@ -24,7 +25,7 @@ from nnderiv.backends.numba_activations import (
 )
 
 
-@numba.njit(cache=False)
+@numba.njit(cache=False, fastmath=FILL_FASTMATH)  # the flags of the fills that call these functions
 def _elementwise(kind, z, out):
     for i in range(len(z)):
         if kind == 0:

@@ -24,6 +24,7 @@ from .numpy_backend import (  # noqa: F401 (re-exported: the same code on CuPy a
     compose_saving,
     compose_vjp,
     divide_by_factorials,
+    workers,  # one: the GPU runs each kernel on all the points
 )
 
 ON_DEVICE = True

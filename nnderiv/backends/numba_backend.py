@@ -33,6 +33,7 @@ from functools import cache
 import numba
 import numpy as np
 
+from . import numba_codegen
 from . import numpy_backend as reference
 from ._allocator import keep_freed_memory
 from .numba_activations import KINDS, fill_block
@@ -54,6 +55,10 @@ PAD = 8
 #: below this many stack elements a kernel runs on the calling thread: waking the thread pool
 #: (tens of microseconds with passive waiting) would cost more than the work
 PARALLEL_MIN_ELEMENTS = 1 << 17
+#: from this many stack elements on, the activation step runs the table's straight-line kernels
+#: (:mod:`~nnderiv.backends.numba_codegen`): their one-time compilation (about a second per table,
+#: then cached on disk) pays for itself; smaller stacks use the generic kernels
+STRAIGHT_LINE_MIN_ELEMENTS = 1 << 15
 
 
 def workspace_bytes(rows: int, itemsize: int) -> int:
@@ -187,22 +192,27 @@ def _worker_blocks(worker, n_workers, m, block):
 # --- bilinear: out = a * b over one table --------------------------------------------------------
 
 
-@_kernel(parallel=True)
-def _bilinear(a, b, runs, out, block, threads):
+@_kernel(parallel=False)
+def _bilinear_share(a, b, runs, out, block, worker, n_workers):
+    """Worker ``worker``'s blocks of :func:`bilinear`; its buffers are allocated once."""
     m, n_out = a.shape[1], out.shape[0]
-    n_workers = max(1, min(threads, (m + block - 1) // block))  # buffers: once per worker
+    a_block = np.empty((a.shape[0], block + PAD), dtype=a.dtype)
+    b_block = np.empty((b.shape[0], block + PAD), dtype=a.dtype)
+    out_block = np.empty((n_out, block + PAD), dtype=a.dtype)
+    for blk in _worker_blocks(worker, n_workers, m, block):
+        s = blk * block
+        n = min(block, m - s)
+        _load(a_block, a, s, n, 0)
+        _load(b_block, b, s, n, 0)
+        _zero(out_block, n, 0)
+        _add_runs(out_block, a_block, b_block, runs, 0, len(runs), n)
+        _store(out, s, out_block, n, 0)
+
+
+@_kernel(parallel=True)
+def _bilinear(a, b, runs, out, block, n_workers):
     for worker in numba.prange(n_workers):
-        a_block = np.empty((a.shape[0], block + PAD), dtype=a.dtype)
-        b_block = np.empty((b.shape[0], block + PAD), dtype=a.dtype)
-        out_block = np.empty((n_out, block + PAD), dtype=a.dtype)
-        for blk in _worker_blocks(worker, n_workers, m, block):
-            s = blk * block
-            n = min(block, m - s)
-            _load(a_block, a, s, n, 0)
-            _load(b_block, b, s, n, 0)
-            _zero(out_block, n, 0)
-            _add_runs(out_block, a_block, b_block, runs, 0, len(runs), n)
-            _store(out, s, out_block, n, 0)
+        _bilinear_share(a, b, runs, out, block, worker, n_workers)
 
 
 # --- the activation step, forward (order >= 2) ---------------------------------------------------
@@ -239,33 +249,42 @@ def _compose_block(out, z, a, kind, order, runs, starts, first, powers, save, s,
     _store(out, s, out_block, n, first[2])
 
 
+@_kernel(parallel=False)
+def _compose_share(z, a, kind, order, runs, starts, first, out, powers, save, block, worker, n_workers):
+    """Worker ``worker``'s blocks of :func:`_compose`; its buffers are allocated once."""
+    rows, m = z.shape
+    buffers = np.empty((4, rows, block + PAD), dtype=z.dtype)
+    coefs = np.empty((order + 2, block + PAD), dtype=z.dtype)
+    for blk in _worker_blocks(worker, n_workers, m, block):
+        s = blk * block
+        n = min(block, m - s)
+        _compose_block(out, z, a, kind, order, runs, starts, first, powers, save, s, n, buffers, coefs)
+
+
 @_kernel(parallel=True)
-def _compose(z, a, kind, order, runs, starts, first, out, powers, save, block, threads):
+def _compose(z, a, kind, order, runs, starts, first, out, powers, save, block, n_workers):
     """``out = a_0`` on row 0, ``sum_j a_j delta^j`` elsewhere; if ``save``, ``powers[j - 2] = delta^j``.
     ``a``: the coefficients (``kind == 0``), or computed per block for activation ``kind``."""
-    rows, m = z.shape
-    n_workers = max(1, min(threads, (m + block - 1) // block))  # buffers: once per worker
     for worker in numba.prange(n_workers):
-        buffers = np.empty((4, rows, block + PAD), dtype=z.dtype)
-        coefs = np.empty((order + 2, block + PAD), dtype=z.dtype)
-        for blk in _worker_blocks(worker, n_workers, m, block):
-            s = blk * block
-            n = min(block, m - s)
-            _compose_block(out, z, a, kind, order, runs, starts, first, powers, save, s, n, buffers, coefs)
+        _compose_share(z, a, kind, order, runs, starts, first, out, powers, save, block, worker, n_workers)
+
+
+@_kernel(parallel=False)
+def _fill_share(kind, z, a, order, block, worker, n_workers):
+    """Worker ``worker``'s blocks of :func:`_fill`."""
+    coefs = np.empty((order + 2, block + PAD), dtype=z.dtype)
+    for blk in _worker_blocks(worker, n_workers, z.shape[0], block):
+        s = blk * block
+        n = min(block, z.shape[0] - s)
+        fill_block(kind, z[s : s + n], coefs, order, n, coefs[order + 1])
+        _store(a, s, coefs, n, 0)
 
 
 @_kernel(parallel=True)
-def _fill(kind, z, a, order, block, threads):
+def _fill(kind, z, a, order, block, n_workers):
     """``a[j] = g^(j)(z) / j!`` for activation ``kind``, ``j = 0..order``, in parallel blocks."""
-    m = z.shape[0]
-    n_workers = max(1, min(threads, (m + block - 1) // block))
     for worker in numba.prange(n_workers):
-        coefs = np.empty((order + 2, block + PAD), dtype=z.dtype)
-        for blk in _worker_blocks(worker, n_workers, m, block):
-            s = blk * block
-            n = min(block, m - s)
-            fill_block(kind, z[s : s + n], coefs, order, n, coefs[order + 1])
-            _store(a, s, coefs, n, 0)
+        _fill_share(kind, z, a, order, block, worker, n_workers)
 
 
 # --- an activation step of a reverse sweep (nnderiv.modes.reverse) ------------------------------
@@ -278,21 +297,26 @@ def _tangent_adjoint(out, adjoint, a1, a2, z, adjoint0):
         out[i] = adjoint[i] * a1[i] + ((2.0 * a2[i]) * z[i]) * adjoint0[i]
 
 
+@_kernel(parallel=False)
+def _activation_adjoint_share(adjoint, a, z, out, block, worker, n_workers):
+    """Worker ``worker``'s blocks of :func:`_activation_adjoint`."""
+    tangents, m, size = adjoint.shape
+    for blk in _worker_blocks(worker, n_workers, size, block):
+        s = blk * block
+        e = min(s + block, size)
+        for k in range(m):
+            _multiply(out[0, k, s:e], adjoint[0, k, s:e], a[1, s:e])
+            for t in range(1, tangents):
+                _tangent_adjoint(out[t, k, s:e], adjoint[t, k, s:e], a[1, s:e], a[2, s:e], z[t, s:e],
+                                 adjoint[0, k, s:e])  # fmt: skip
+
+
 @_kernel(parallel=True)
-def _activation_adjoint(adjoint, a, z, out, block, threads):
+def _activation_adjoint(adjoint, a, z, out, block, n_workers):
     """``out[0] = adjoint[0] a_1``, ``out[t] = adjoint[t] a_1 + ((2 a_2) z_t) adjoint[0]``, over
     blocks of the flattened points; shapes ``(T, m, M)``."""
-    tangents, m, size = adjoint.shape
-    n_workers = max(1, min(threads, (size + block - 1) // block))
     for worker in numba.prange(n_workers):
-        for blk in _worker_blocks(worker, n_workers, size, block):
-            s = blk * block
-            e = min(s + block, size)
-            for k in range(m):
-                _multiply(out[0, k, s:e], adjoint[0, k, s:e], a[1, s:e])
-                for t in range(1, tangents):
-                    _tangent_adjoint(out[t, k, s:e], adjoint[t, k, s:e], a[1, s:e], a[2, s:e], z[t, s:e],
-                                     adjoint[0, k, s:e])  # fmt: skip
+        _activation_adjoint_share(adjoint, a, z, out, block, worker, n_workers)
 
 
 def activation_adjoint(adjoint, a, stack):
@@ -300,8 +324,7 @@ def activation_adjoint(adjoint, a, stack):
     tangents, m = adjoint.shape[:2]
     flat = np.ascontiguousarray(adjoint).reshape(tangents, m, -1)
     out = np.empty_like(flat)
-    threads = 1 if flat.size < PARALLEL_MIN_ELEMENTS else numba.get_num_threads()
-    _activation_adjoint(flat, _flat(a), _flat(stack), out, 4096, threads)
+    _launch(_activation_adjoint, _activation_adjoint_share, (flat, _flat(a), _flat(stack), out, 4096), flat.size, 4096)
     return out.reshape(adjoint.shape)
 
 
@@ -359,20 +382,25 @@ def _compose_vjp_block(stack_bar, out_bar, z, powers, a, order, tables, s, n, bu
     _store(stack_bar, s, block_bar, n, 0)
 
 
+@_kernel(parallel=False)
+def _compose_vjp_share(out_bar, z, powers, a, order, tables, stack_bar, block, worker, n_workers):
+    """Worker ``worker``'s blocks of :func:`_compose_vjp`; its buffers are allocated once."""
+    rows, m = z.shape
+    buffers = np.empty((7, rows, block + PAD), dtype=z.dtype)
+    a_block = np.empty((order + 2, block + PAD), dtype=z.dtype)
+    scalars = np.empty((2, block + PAD), dtype=z.dtype)  # c_0_bar and a_j_bar
+    for blk in _worker_blocks(worker, n_workers, m, block):
+        s = blk * block
+        n = min(block, m - s)
+        _compose_vjp_block(stack_bar, out_bar, z, powers, a, order, tables, s, n, buffers, a_block, scalars)
+
+
 @_kernel(parallel=True)
-def _compose_vjp(out_bar, z, powers, a, order, tables, stack_bar, block, threads):
+def _compose_vjp(out_bar, z, powers, a, order, tables, stack_bar, block, n_workers):
     """Pullback of :func:`_compose` for ``order >= 1`` (``powers[j - 2] = delta^j``), in the reference's
     order of operations; ``tables``: the adjoints' runs and starts, ``first``, ``counts[j] = j``."""
-    rows, m = z.shape
-    n_workers = max(1, min(threads, (m + block - 1) // block))  # buffers: once per worker
     for worker in numba.prange(n_workers):
-        buffers = np.empty((7, rows, block + PAD), dtype=z.dtype)
-        a_block = np.empty((order + 2, block + PAD), dtype=z.dtype)
-        scalars = np.empty((2, block + PAD), dtype=z.dtype)  # c_0_bar and a_j_bar
-        for blk in _worker_blocks(worker, n_workers, m, block):
-            s = blk * block
-            n = min(block, m - s)
-            _compose_vjp_block(stack_bar, out_bar, z, powers, a, order, tables, s, n, buffers, a_block, scalars)
+        _compose_vjp_share(out_bar, z, powers, a, order, tables, stack_bar, block, worker, n_workers)
 
 
 # --- the backend's kernels (signatures of the reference) -----------------------------------------
@@ -395,16 +423,31 @@ def _flat_powers(powers) -> np.ndarray:
     return np.ascontiguousarray(powers).reshape(*powers.shape[:2], math.prod(powers.shape[2:]))
 
 
-def _serial(stack) -> bool:
-    """Small work: loop over blocks here, on the calling thread (a few blocks, a few calls)."""
-    return stack.size < PARALLEL_MIN_ELEMENTS
+def _launch(parallel, share, args, size: int, block: int) -> None:
+    """Run a kernel over ``size`` columns in blocks of ``block``: on the thread pool (``parallel``,
+    one share of the blocks per thread), or on the calling thread (``share``) for small work or
+    where Numba has one thread (inside :mod:`nnderiv.parallel`'s workers): waking the pool would
+    cost more than the work, and workers must not nest."""
+    threads = numba.get_num_threads()
+    n_workers = max(1, min(threads, -(-size // block)))
+    if n_workers == 1 or size < PARALLEL_MIN_ELEMENTS:
+        share(*args, 0, 1)
+    else:
+        parallel(*args, n_workers)
+
+
+def workers() -> int:
+    """Chunks of points that run at once (:mod:`nnderiv.parallel`): Numba's thread count."""
+    return numba.get_num_threads()
 
 
 def bilinear(a, b, table):
     """``out[table.target[p]] += a[table.left[p]] * b[table.right[p]]``: parallel over point blocks."""
     out = np.empty((table.n_out, *a.shape[1:]), dtype=a.dtype)
-    block = _block(len(a) + len(b) + len(out), a[0].size)
-    _bilinear(_flat(a), _flat(b), table.runs, _flat(out), block, 1 if _serial(a) else numba.get_num_threads())
+    flat_a = _flat(a)
+    block = _block(len(a) + len(b) + len(out), flat_a.shape[1])
+    args = (flat_a, _flat(b), table.runs, _flat(out), block)
+    _launch(_bilinear, _bilinear_share, args, flat_a.size, block)
     return out
 
 
@@ -416,32 +459,56 @@ def _composition(stack, a, table, order: int, save: bool, kind: int = 0):
     tables, block = composition_tables(table), _block(len(stack), stack[0].size)
     out = np.empty_like(stack, order="C")
     powers = np.zeros((max(order - 1, 0) if save else 0, *stack.shape), dtype=stack.dtype)
-    z, flat_out, flat_powers, forward = _flat(stack), _flat(out), _flat_powers(powers), tables.forward
+    z, forward = _flat(stack), tables.forward
     coefs = _flat(a) if kind == 0 else np.empty((0, 0), dtype=stack.dtype)
-    args = (order, forward.runs, forward.starts, tables.first)
-    if _serial(stack):  # the block kernel, called from here: no thread pool involved
-        buffers = np.empty((4, len(stack), block + PAD), dtype=stack.dtype)
-        coef_block = np.empty((order + 2, block + PAD), dtype=stack.dtype)
-        for s in range(0, z.shape[1], block):
-            n = min(block, z.shape[1] - s)
-            _compose_block(flat_out, z, coefs, kind, *args, flat_powers, save, s, n, buffers, coef_block)
-    else:
-        _compose(z, coefs, kind, *args, flat_out, flat_powers, save, block, numba.get_num_threads())
+    args = (z, coefs, kind, order, forward.runs, forward.starts, tables.first, _flat(out), _flat_powers(powers), save)
+    _launch(_compose, _compose_share, (*args, block), z.size, block)
     return out, powers
+
+
+@cache
+def _has_straight_line_kernels(table, order: int) -> bool:
+    return numba_codegen.supports(table, order)
+
+
+def _straight_line(stack, table, order: int) -> bool:
+    """Whether the activation step on ``stack`` runs the table's straight-line kernels."""
+    return (
+        order >= 1
+        and stack.size >= STRAIGHT_LINE_MIN_ELEMENTS
+        and stack.dtype in (np.float32, np.float64)
+        and _has_straight_line_kernels(table, order)
+    )
+
+
+def _straight_line_forward(stack, a, table, order: int):
+    """The activation step by the table's straight-line kernel (coefficients ``a``)."""
+    out = np.empty_like(stack, order="C")
+    numba_codegen.forward(table, order, _flat(a), _flat(stack), _flat(out))  # on this thread: see nnderiv.parallel
+    return out
 
 
 def compose(stack, a, table, order: int):
     """``a_0`` on row 0, ``sum_j a_j delta^j`` elsewhere: one fused pass, no power kept."""
+    if _straight_line(stack, table, order):
+        return _straight_line_forward(stack, a, table, order)
     if order <= 1:  # one multiplication, nothing to fuse: NumPy streams it as fast
         return reference.compose(stack, a, table, order)
     return _composition(stack, a, table, order, save=False)[0]
 
 
 def compose_saving(stack, a, table, order: int):
-    """:func:`compose` and the powers ``delta^2 .. delta^K`` (written in the same pass)."""
+    """:func:`compose` and the powers ``delta^2 .. delta^K`` (written in the same pass); none for
+    the straight-line kernels, whose pullback recomputes them in registers."""
+    if _straight_line(stack, table, order):
+        return _straight_line_forward(stack, a, table, order), _no_powers(stack)
     if order <= 1:
         return reference.compose_saving(stack, a, table, order)
     return _composition(stack, a, table, order, save=True)
+
+
+def _no_powers(stack) -> np.ndarray:
+    return np.zeros((0, *stack.shape), dtype=stack.dtype)
 
 
 def taylor_coefficients(activation, z, order: int):
@@ -452,8 +519,8 @@ def taylor_coefficients(activation, z, order: int):
         return reference.taylor_coefficients(activation, z, order)
     a = np.empty((order + 1, *z.shape), dtype=z.dtype)
     flat = np.ascontiguousarray(z).reshape(-1)
-    threads = 1 if flat.size * (order + 1) < PARALLEL_MIN_ELEMENTS else numba.get_num_threads()
-    _fill(kind, flat, a.reshape(order + 1, -1), order, _block(order + 2, flat.size), threads)
+    block = _block(order + 2, flat.size)
+    _launch(_fill, _fill_share, (kind, flat, a.reshape(order + 1, -1), order, block), flat.size * (order + 1), block)
     return a
 
 
@@ -461,8 +528,12 @@ def activate(stack, activation, table, order: int):
     """The activation step: ``g`` applied to the series ``stack``. For tanh and sigmoid the
     coefficients ``a_j`` are computed inside the composition, block by block, and never stored."""
     kind = KINDS.get(activation.name, 0)
+    if order == 0 and activation.name == "tanh":  # NumPy's tanh is SIMD code (and the value is all)
+        return reference.activate(stack, activation, table, order)
     if kind == 0 or stack.dtype not in (np.float32, np.float64):
         return compose(stack, taylor_coefficients(activation, stack[0], order), table, order)
+    if _straight_line(stack, table, order):
+        return _straight_line_forward(stack, taylor_coefficients(activation, stack[0], order), table, order)
     return _composition(stack, None, table, order, save=False, kind=kind)[0]
 
 
@@ -474,22 +545,20 @@ def activate_saving(stack, activation, table, order: int):
 
 
 def compose_vjp(out_bar, stack, powers, a, table, order: int):
-    """Pullback of :func:`compose` to its input stack: one fused pass."""
+    """Pullback of :func:`compose` to its input stack: one fused pass (the powers recomputed in
+    registers where :func:`compose_saving` kept none)."""
     if order == 0:
         return reference.compose_vjp(out_bar, stack, powers, a, table, order)
+    if _straight_line(stack, table, order) or (order >= 2 and len(powers) == 0):
+        stack_bar = np.empty_like(stack, order="C")
+        numba_codegen.backward(table, order, _flat(out_bar), _flat(stack), _flat(a), _flat(stack_bar))
+        return stack_bar
     tables, block = composition_tables(table), _block(len(stack), stack[0].size)
     stack_bar = np.empty_like(stack, order="C")
     left, right = tables.adjoint_left, tables.adjoint_right
     counts = np.arange(order + 2, dtype=stack.dtype)  # (j + 1) in the dtype of the stack
     flat_tables = (left.runs, left.starts, right.runs, right.starts, tables.first, counts)
-    args = (_flat(out_bar), _flat(stack), _flat_powers(powers), _flat(a), order, flat_tables, _flat(stack_bar))
-    if _serial(stack):
-        buffers = np.empty((7, len(stack), block + PAD), dtype=stack.dtype)
-        a_block = np.empty((order + 2, block + PAD), dtype=stack.dtype)
-        scalars = np.empty((2, block + PAD), dtype=stack.dtype)
-        m = args[1].shape[1]
-        for s in range(0, m, block):
-            _compose_vjp_block(args[6], *args[:6], s, min(block, m - s), buffers, a_block, scalars)
-    else:
-        _compose_vjp(*args, block, numba.get_num_threads())
+    z = _flat(stack)
+    args = (_flat(out_bar), z, _flat_powers(powers), _flat(a), order, flat_tables, _flat(stack_bar), block)
+    _launch(_compose_vjp, _compose_vjp_share, args, z.size, block)
     return stack_bar

@@ -27,6 +27,11 @@ def check_available() -> None:
     """Always available."""
 
 
+def workers() -> int:
+    """Chunks of points that run at once (:mod:`nnderiv.parallel`): one, the reference stays serial."""
+    return 1
+
+
 def namespace(array):
     """``numpy``, or ``cupy`` for a CuPy array (already imported then: never imported here)."""
     return sys.modules["cupy"] if is_device_array(array) else np

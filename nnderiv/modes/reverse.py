@@ -38,6 +38,7 @@ import numpy as np
 
 from .. import engine, kernels
 from ..combinatorics import multi_index_table
+from ..parallel import map_chunks
 from .full import FullMode
 
 #: a second sweep costs about one stacked row more than its rows (one more pass over every layer)
@@ -100,10 +101,10 @@ def sweep(model, mode, x: np.ndarray, chunk_size=None) -> tuple[np.ndarray, np.n
     ``grad f_k``, ``adjoint[t, k]`` its derivative along the series' tangent ``t``.
     """
     extra_rows = model.n_outputs * mode.n_rows
-    size = engine.forward_chunk_size(model, mode, len(x), chunk_size, extra_rows=extra_rows)
+    parts = engine.chunks(len(x), engine.forward_chunk_size(model, mode, len(x), chunk_size, extra_rows=extra_rows))
     value = adjoint = None
-    for part in engine.chunks(len(x), size):
-        chunk_value, chunk_adjoint = _sweep(model, mode, x[part], part)
+    sweeps = map_chunks(lambda part: _sweep(model, mode, x[part], part), parts)
+    for part, (chunk_value, chunk_adjoint) in zip(parts, sweeps):
         if part == slice(0, len(x)):
             return chunk_value, chunk_adjoint
         if value is None:  # each chunk goes into its place: no list of chunks beside the result

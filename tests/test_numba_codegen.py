@@ -1,0 +1,111 @@
+"""The straight-line kernels of :mod:`nnderiv.backends.numba_codegen`.
+
+Oracle: the NumPy reference's ``compose``, ``compose_saving`` and ``compose_vjp``. The generated
+loops add the same products in the same order with exact IEEE arithmetic, so the results must be
+equal bit for bit, in float64 and float32, for every kind of table.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+import nnderiv as nd
+from nnderiv.backends import numba_backend, numba_codegen
+from nnderiv.backends import numpy_backend as reference
+from nnderiv.combinatorics import (
+    collapsed_second_order_table,
+    directional_table,
+    hessian_vector_table,
+    multi_index_table,
+)
+from nnderiv.kernels import taylor_coefficients
+
+TABLES = {
+    "full d=2 K=2": multi_index_table(2, 2),
+    "full d=3 K=3": multi_index_table(3, 3),
+    "full d=1 K=1": multi_index_table(1, 1),
+    "directional n=3 K=4": directional_table(3, 4),
+    "collapsed n=3, 1 negative": collapsed_second_order_table(3, 1),
+    "hessian-vector d=3": hessian_vector_table(3),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("table_name", sorted(TABLES))
+def test_straight_line_kernels_equal_the_reference_bit_for_bit(table_name, dtype, rng):
+    table = TABLES[table_name]
+    K = table.order
+    stack = rng.normal(size=(table.n_coef, 257, 5)).astype(dtype)
+    out_bar = rng.normal(size=stack.shape).astype(dtype)
+    a = taylor_coefficients(nd.get_activation("tanh"), stack[0], K + 1)
+    want, powers = reference.compose_saving(stack, a, table, K)
+    flat = lambda array: array.reshape(len(array), -1)  # noqa: E731
+    got, got_bar = np.empty_like(stack), np.empty_like(stack)
+    numba_codegen.forward(table, K, flat(a), flat(stack), flat(got))
+    np.testing.assert_array_equal(got, want)
+    numba_codegen.backward(table, K, flat(out_bar), flat(stack), flat(a), flat(got_bar))
+    np.testing.assert_array_equal(got_bar, reference.compose_vjp(out_bar, stack, powers, a, table, K))
+
+
+def test_the_backend_keeps_no_powers_for_them_and_its_pullback_recomputes_them(monkeypatch, rng):
+    monkeypatch.setattr(numba_backend, "STRAIGHT_LINE_MIN_ELEMENTS", 0)
+    table = multi_index_table(2, 3)
+    stack = rng.normal(size=(table.n_coef, 40, 3))
+    a = taylor_coefficients(nd.get_activation("tanh"), stack[0], 4)
+    out, powers = numba_backend.compose_saving(stack, a, table, 3)
+    assert powers.shape[0] == 0
+    want, want_powers = reference.compose_saving(stack, a, table, 3)
+    np.testing.assert_array_equal(out, want)
+    out_bar = rng.normal(size=stack.shape)
+    want_bar = reference.compose_vjp(out_bar, stack, want_powers, a, table, 3)
+    monkeypatch.setattr(numba_backend, "STRAIGHT_LINE_MIN_ELEMENTS", 2**62)  # a small stack without powers
+    np.testing.assert_array_equal(numba_backend.compose_vjp(out_bar, stack, powers, a, table, 3), want_bar)
+
+
+def test_large_tables_and_small_stacks_use_the_generic_kernels(rng):
+    big = multi_index_table(8, 3)  # 165 rows
+    assert not numba_codegen.supports(big, 3)
+    assert numba_codegen.supports(collapsed_second_order_table(64), 2)
+    small = multi_index_table(2, 2)
+    few_points = np.zeros((small.n_coef, 10, 8))
+    many_points = np.zeros((small.n_coef, 4096, 64))
+    assert not numba_backend._straight_line(few_points, small, 2)
+    assert numba_backend._straight_line(many_points, small, 2)
+    assert not numba_backend._straight_line(many_points.astype(np.float16), small, 2)
+    stack = rng.normal(size=(big.n_coef, 8, 64))
+    a = taylor_coefficients(nd.get_activation("tanh"), stack[0], 4)
+    out, powers = numba_backend.compose_saving(stack, a, big, 3)
+    assert powers.shape[0] == 2  # the generic kernels keep delta^2 and delta^3
+
+
+def test_the_docstring_shows_the_generated_loop():
+    shown = numba_codegen.__doc__.split("shows::\n\n", 1)[1].split("\n\n", 1)[0]
+    assert [line.strip() for line in shown.splitlines()] == [
+        line.strip() for line in numba_codegen.forward_source(multi_index_table(2, 2), 2).strip().splitlines()
+    ]
+
+
+def test_sources_go_to_the_cache_directory_and_fall_back_to_a_temporary_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("NNDERIV_CACHE_DIR", str(tmp_path / "cache"))
+    path = numba_codegen._write("nnderiv_kernel_test", "x = 1\n")
+    assert path == tmp_path / "cache" / "kernels" / "nnderiv_kernel_test.py"
+    assert path.read_text() == "x = 1\n"
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    monkeypatch.setenv("NNDERIV_CACHE_DIR", str(blocked))
+    fallback = numba_codegen._write("nnderiv_kernel_test", "x = 2\n")
+    assert fallback.parent != blocked / "kernels" and fallback.read_text() == "x = 2\n"
+    fallback.unlink()
+
+
+def test_a_table_gets_one_module_named_by_its_source(monkeypatch, tmp_path):
+    monkeypatch.setenv("NNDERIV_CACHE_DIR", str(tmp_path))
+    table = directional_table(7, 1)
+    module = numba_codegen.kernels(table, 1)
+    assert module is numba_codegen.kernels(table, 1)
+    assert sys.modules[module.__name__] is module
+    assert module.__file__.startswith(str(tmp_path))
+    assert "Taylor mode" in module.__doc__

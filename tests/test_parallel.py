@@ -1,0 +1,215 @@
+"""Chunks of points on worker threads (:mod:`nnderiv.parallel`).
+
+Oracle: the same calls with one worker (Numba on one thread), and the NumPy reference backend.
+Chunking changes only which points share a matrix product, so values agree to rounding (the
+products of one point's row do not depend on the other rows: measured bit for bit); sums over
+chunks (parameter gradients) are added in another grouping, so they agree to ~1e-15 relative,
+and we allow 1e-12. Results must not depend on the scheduling: two runs are bitwise equal.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numba
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+import nnderiv as nd
+from nnderiv import engine, parallel
+
+RTOL = 1e-12
+N = 3000  # points: several chunks for every mode below, for two workers
+
+
+@pytest.fixture
+def two_workers(monkeypatch):
+    """Numba (and so the pool) on two threads, whatever the machine has; chunks of this test's
+    small network are worth a worker from a few hundred points on."""
+    monkeypatch.setattr(engine, "PARALLEL_MIN_STACK_BYTES", 2**14)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() < 2:
+        pytest.skip("Numba has a single thread here (NUMBA_NUM_THREADS=1)")
+    yield
+    numba.set_num_threads(before)
+
+
+@pytest.fixture
+def one_worker():
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    yield
+    numba.set_num_threads(before)
+
+
+def _close(got, want, what):
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape, what
+    scale = max(float(np.abs(want).max(initial=0.0)), 1e-300)
+    error = float(np.abs(got - want).max(initial=0.0)) / scale
+    assert error <= RTOL, f"{what}: relative error {error:.3g}"
+
+
+def _model():
+    return nd.MLP([3, 24, 24, 2], activation="tanh", seed=1)
+
+
+def _calls(model, x):
+    """Public calls that chunk their points, with their pullbacks where there is one."""
+    rng = np.random.default_rng(3)
+    v = rng.normal(size=3)
+    yield "value", lambda: nd.value(model, x)
+    yield "jacobian (reverse)", lambda: nd.jacobian(model, x, strategy="reverse")
+    yield "hessian (forward)", lambda: nd.hessian(model, x, strategy="forward")
+    yield "hessian (reverse)", lambda: nd.hessian(model, x, strategy="reverse")
+    yield "laplacian", lambda: nd.laplacian(model, x)
+    yield "pure derivatives", lambda: nd.pure_derivatives(model, x, order=3)
+    yield "hvp", lambda: nd.hvp(model, x, v)
+    for name, fn, kwargs in [("laplacian", nd.laplacian, {}), ("taylor", nd.taylor, {"directions": [v], "order": 3})]:
+        for chunk_size in (None, 700):
+
+            def pulled(fn=fn, kwargs=kwargs, chunk_size=chunk_size):
+                out, pullback = nd.vjp(fn, model, x, wrt="both", chunk_size=chunk_size, **kwargs)
+                grads, x_bar = pullback(np.cos(out))
+                return [out, x_bar, *grads.values()]
+
+            yield f"vjp {name}, chunk_size={chunk_size}", pulled
+    loss = nd.OperatorMSE(nd.laplacian, "f") + 0.5 * nd.OperatorMSE(nd.value, None)
+    batch = {"x": x, "f": np.ones((len(x), 2))}
+    yield "OperatorMSE", lambda: (lambda value, grads: [value, *grads.values()])(*loss.value_and_grad(model, batch))
+
+
+def _results(call):
+    result = call()
+    return [np.asarray(r) for r in result] if isinstance(result, list) else [np.asarray(result)]
+
+
+def test_every_call_runs_several_chunks_on_two_workers(two_workers, monkeypatch):
+    model, x = _model(), np.random.default_rng(0).uniform(-1, 1, (N, 3))
+    seen = []
+    original = parallel._pool
+
+    def counting_pool(n_workers):
+        seen.append(n_workers)
+        return original(n_workers)
+
+    monkeypatch.setattr(parallel, "_pool", counting_pool)
+    for name, call in _calls(model, x):
+        seen.clear()
+        call()
+        assert seen and max(seen) == 2, f"{name} did not run on two workers"
+
+
+def test_two_workers_agree_with_one(two_workers):
+    model, x = _model(), np.random.default_rng(0).uniform(-1, 1, (N, 3))
+    parallel_results = {name: _results(call) for name, call in _calls(model, x)}
+    numba.set_num_threads(1)
+    for name, call in _calls(model, x):
+        for got, want in zip(parallel_results[name], _results(call)):
+            _close(got, want, name)
+
+
+def test_two_workers_agree_with_the_numpy_reference(two_workers):
+    model, x = _model(), np.random.default_rng(1).uniform(-1, 1, (N, 3))
+    parallel_results = {name: _results(call) for name, call in _calls(model, x)}
+    with nd.use_backend("numpy"):
+        for name, call in _calls(model, x):
+            for got, want in zip(parallel_results[name], _results(call)):
+                _close(got, want, name)
+
+
+def test_results_do_not_depend_on_the_scheduling(two_workers):
+    model, x = _model(), np.random.default_rng(2).uniform(-1, 1, (N, 3))
+    first = {name: _results(call) for name, call in _calls(model, x)}
+    for name, call in _calls(model, x):
+        for got, want in zip(_results(call), first[name]):
+            np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+def test_map_chunks_keeps_the_order_and_bounds_the_chunks_in_flight(two_workers):
+    in_flight, most = [0], [0]
+    lock = threading.Lock()
+
+    def work(item):
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        time.sleep(0.002 * (item % 3))  # out-of-order finishing
+        with lock:
+            in_flight[0] -= 1
+        return item * item
+
+    assert list(parallel.map_chunks(work, range(20))) == [i * i for i in range(20)]
+    assert most[0] <= 2
+
+
+def _blas_threads() -> list[int]:
+    return [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+
+
+def test_blas_runs_on_one_thread_inside_and_is_restored_after(two_workers):
+    before = _blas_threads()
+    inside = list(parallel.map_chunks(lambda _: _blas_threads(), [0, 1]))
+    assert all(n == 1 for threads in inside for n in threads)
+    assert _blas_threads() == before
+
+
+def test_an_error_in_a_worker_reaches_the_caller_and_restores_blas(two_workers):
+    before = _blas_threads()
+
+    def fail_on_three(item):
+        if item == 3:
+            raise ValueError("chunk 3 failed")
+        return item
+
+    with pytest.raises(ValueError, match="chunk 3 failed"):
+        list(parallel.map_chunks(fail_on_three, range(8)))
+    assert _blas_threads() == before
+    assert list(parallel.map_chunks(lambda i: i, range(4))) == [0, 1, 2, 3]  # the pool still works
+
+
+def test_calls_inside_a_worker_do_not_nest(two_workers):
+    model, x = _model(), np.random.default_rng(4).uniform(-1, 1, (N, 3))
+    inner_workers = list(parallel.map_chunks(lambda _: parallel.workers(), [0, 1]))
+    assert inner_workers == [1, 1]
+    inside = list(parallel.map_chunks(lambda part: nd.laplacian(model, x[part]), [slice(0, N // 2), slice(N // 2, N)]))
+    _close(np.concatenate(inside), nd.laplacian(model, x), "laplacian inside workers")
+
+
+def test_small_batches_stay_on_the_calling_thread(two_workers, monkeypatch):
+    monkeypatch.setattr(engine, "PARALLEL_MIN_STACK_BYTES", 2**20)
+    model = _model()  # 24 wide: 2^20 bytes of one row are 5461 points
+    assert engine.spread_chunk_size(model, 1, 5000) == 5000  # too little work to split
+    assert engine.spread_chunk_size(model, 1, 20000) == 10000  # one share per worker
+    assert engine.spread_chunk_size(model, 4, 5000) == 2500  # more rows: more work per point
+
+
+def test_one_worker_never_starts_the_pool(one_worker, monkeypatch):
+    monkeypatch.setattr(parallel, "_pool", lambda n: pytest.fail("the pool was started with one worker"))
+    model, x = _model(), np.random.default_rng(5).uniform(-1, 1, (N, 3))
+    for _, call in _calls(model, x):
+        call()
+
+
+def test_the_numpy_reference_stays_serial(monkeypatch):
+    monkeypatch.setattr(parallel, "_pool", lambda n: pytest.fail("the numpy backend started the pool"))
+    model, x = _model(), np.random.default_rng(6).uniform(-1, 1, (N, 3))
+    with nd.use_backend("numpy"):
+        assert parallel.workers() == 1
+        nd.laplacian(model, x)
+
+
+def test_the_memory_guard_counts_one_chunk_per_worker(two_workers):
+    model, x = _model(), np.random.default_rng(7).uniform(-1, 1, (N, 3))
+    mode = nd.modes.full.FullMode(3, 2, for_vjp=True)
+    per_point = engine.bytes_per_point(model, mode)
+    kept = engine.kept_bytes_per_point(model, mode) * N + engine._workspace(model, mode)
+    # room for one chunk of 1000 points, not for two at once
+    with nd.memory_limit(int(kept + 1.5 * 1000 * per_point)):
+        with pytest.raises(nd.MemoryLimitError, match="chunk_size=1000"):
+            nd.vjp(nd.hessian, model, x, chunk_size=1000)
+        numba.set_num_threads(1)
+        nd.vjp(nd.hessian, model, x, chunk_size=1000)  # one worker: one chunk at a time fits
