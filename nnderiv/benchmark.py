@@ -53,6 +53,10 @@ import numpy as np
 import nnderiv as nd
 
 TOLERANCE = 1e-10  # relative to the largest entry of nnderiv's result, float64
+#: seconds of rest before each method's timed block: the worker threads of the block before
+#: (OpenBLAS's spin for about 0.1 s after a multithreaded product, XLA's pool) go to sleep first;
+#: measured: the numba backend right after the numpy one was 1.6x slower for its first 10 calls
+SETTLE_S = 0.3
 WIDTHS = (64, 64, 64)
 PEERS = ("torch", "jax", "folx")
 
@@ -402,11 +406,11 @@ def check_then_time(methods: list[Method], *, repeats: int, warmup: int, max_cal
     """Fill every ``method.result``: checked against the first nnderiv result, then timed.
 
     Status ``ok`` (agrees to :data:`TOLERANCE`, timed: median and min in ms of ``repeats`` calls run
-    back to back after ``warmup`` calls of its own — not interleaved with other methods: on a
-    2-core machine the worker threads one framework leaves spinning after a call land on the next
-    method's time), ``mismatch`` or ``error`` (not timed), ``slow`` (agrees, but its first call took
-    over ``max_call_s`` seconds: that call's time only, compilation included), ``skipped`` (named in
-    ``skip``, ``{name: reason}``: not run at all).
+    back to back after a rest of :data:`SETTLE_S` and ``warmup`` calls of its own — not interleaved
+    with other methods: on a 2-core machine the worker threads one framework leaves spinning after
+    a call land on the next method's time), ``mismatch`` or ``error`` (not timed), ``slow``
+    (agrees, but its first call took over ``max_call_s`` seconds: that call's time only, compilation
+    included), ``skipped`` (named in ``skip``, ``{name: reason}``: not run at all).
     """
     reference, skip = None, skip or {}
     for method in methods:
@@ -433,6 +437,7 @@ def check_then_time(methods: list[Method], *, repeats: int, warmup: int, max_cal
         else:
             result["status"] = "ok" if first <= max_call_s else "slow"
     for method in (m for m in methods if m.result["status"] == "ok"):
+        time.sleep(SETTLE_S)
         for _ in range(warmup):
             method.run()
         times = []
@@ -652,6 +657,7 @@ def chunked_run(workload: Workload, d: int, n: int, backend: str, settings: Sett
             except nd.MemoryLimitError:
                 continue
         repeats = 1 if n > 100_000 else settings.sweep_repeats
+        time.sleep(SETTLE_S)
         times = []
         for _ in range(repeats):
             start = time.perf_counter()

@@ -115,6 +115,8 @@ def series_powers(delta, table, order: int):
 
 def _accumulate(stack, a, table, order: int, powers):
     """``out = a_0`` on row 0, ``sum_j a_j delta^j`` on the others."""
+    if order == 0:  # the value alone: a_0 is the output (a view; stacks are never written in place)
+        return a[:1]
     xp = namespace(stack)
     out = xp.empty_like(stack)
     out[0] = a[0]
