@@ -10,9 +10,11 @@ A backend is one module with the same five kernels, the ones every mode's propag
   for the pullback, ``compose_vjp`` is the pullback;
 - ``activation_derivatives(activation, z, k)``: ``[g, g', ..., g^(k)]`` at ``z`` on the backend's arrays;
 
-plus ``asarray`` (move an array onto the backend's device, no copy when already there). The
+plus ``asarray`` (move an array onto the backend's device, no copy when already there) and
+``workers()`` (how many chunks of points :mod:`nnderiv.parallel` runs at once). The
 ``numpy`` module is the readable reference and the oracle every other backend is tested against;
-``numba`` fuses the activation step into one parallel pass per block of points; ``cupy`` runs the
+``numba`` fuses the activation step (straight-line kernels per table,
+:mod:`~nnderiv.backends.numba_codegen`) and runs chunks of points on every core; ``cupy`` runs the
 same code on the GPU. Choose one with :func:`set_backend` or, for a block of code,
 :func:`use_backend`; the default is ``numba`` (see ``docs/backends.md`` for why and when not).
 

@@ -1,26 +1,30 @@
-r"""The Numba backend: the activation step fused into one parallel pass per block of points.
+r"""The Numba backend: the activation step fused into one pass over the points.
 
 Same signatures as the reference (:mod:`nnderiv.backends.numpy_backend`), same results to rounding.
 What changes is the memory traffic of the activation step. The reference builds every power
-``delta^j`` as a whole stack ``(rows, N, width)`` and adds ``a_j delta^j`` in another pass; here the
-``N * width`` columns are cut into blocks whose buffers fit in the L2 cache and, per block, the
-powers are built in two rows-by-block buffers and accumulated at once: the input and output stacks
-cross memory once. Each thread (``prange`` over threads) takes a contiguous share of the blocks and
-allocates its buffers once. The pullback is fused the same way.
+``delta^j`` as a whole stack ``(rows, N, width)`` and adds ``a_j delta^j`` in another pass. Here,
+for tables of up to 72 rows on large stacks, the table's straight-line kernel
+(:mod:`~nnderiv.backends.numba_codegen`) composes each element in registers: every row is read
+and written once. For the other tables the ``N * width`` columns are cut into blocks whose
+buffers fit in the L2 cache and, per block, the powers are built in two rows-by-block buffers and
+accumulated at once: the input and output stacks cross memory once. Each thread (``prange`` over
+threads) takes a contiguous share of the blocks and allocates its buffers once. The pullbacks are
+fused the same way.
 
 The matrix products stay in BLAS. For tanh, sigmoid, silu, softplus, sin and cos the activation's
-Taylor coefficients are computed inside the same pass, block by block, in SIMD arithmetic
-(:mod:`~nnderiv.backends.numba_activations`; ``math.tanh`` and ``math.exp`` would be scalar libm
-calls, several times slower); other activations get theirs from the reference's NumPy fills. The
-series arithmetic is compiled with ``fastmath=False``: no reassociation, no fused multiply-add, so
-each sum is added in the reference's order.
+Taylor coefficients are computed in SIMD arithmetic (:mod:`~nnderiv.backends.numba_activations`;
+``math.tanh`` and ``math.exp`` would be scalar libm calls, several times slower), by the generic
+kernels inside the same pass, block by block; other activations get theirs from the reference's
+NumPy fills. The series arithmetic is compiled with ``fastmath=False``: no reassociation, no fused
+multiply-add, so each sum is added in the reference's order.
 
-Threads follow ``NUMBA_NUM_THREADS`` (or :func:`numba.set_num_threads`); stacks under
-``PARALLEL_MIN_ELEMENTS`` run on the calling thread. Kernels compile on first use per dtype (float32,
-float64): seconds (``docs/backends.md``), then they are cached on disk (``cache=True``) and later
-processes load them in milliseconds. Numba keys that cache by this file only: after editing
-:mod:`~nnderiv.backends.numba_activations` (inlined here), delete ``__pycache__/*.nb*`` or touch
-this file, or the old code keeps running.
+:mod:`nnderiv.parallel` runs chunks of points on one worker per Numba thread (``NUMBA_NUM_THREADS``
+or :func:`numba.set_num_threads`, :func:`workers`); a worker's Numba thread count is 1, so every
+kernel it calls runs on its own thread, as do stacks under ``PARALLEL_MIN_ELEMENTS``. Kernels
+compile on first use per dtype (float32, float64): seconds (``docs/backends.md``), then they are
+cached on disk (``cache=True``) and later processes load them in milliseconds. Numba keys that
+cache by this file only: after editing :mod:`~nnderiv.backends.numba_activations` (inlined here),
+delete ``__pycache__/*.nb*`` or touch this file, or the old code keeps running.
 """
 
 from __future__ import annotations

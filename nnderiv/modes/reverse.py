@@ -41,8 +41,9 @@ from ..combinatorics import multi_index_table
 from ..parallel import map_chunks
 from .full import FullMode
 
-#: a second sweep costs about one stacked row more than its rows (one more pass over every layer)
-SWEEP_OVERHEAD_ROWS = 1
+#: stacked rows a second sweep costs beyond its own rows: none measured (an adjoint row, one product
+#: and one multiplication per layer, costs no more than a forward row; docs/strategies.md)
+SWEEP_OVERHEAD_ROWS = 0
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def strategies(d: int, m: int, order: int) -> list[Strategy]:
     forward = Strategy("forward", comb(d + order, order), f"full forward mode, every partial to order {order}")
     if order == 1:
         rows = 1 + m + SWEEP_OVERHEAD_ROWS
-        return [forward, Strategy("reverse", rows, "value forward, then m adjoint rows back (+1 for the sweep)")]
+        return [forward, Strategy("reverse", rows, "value forward, then m adjoint rows back")]
     if order == 2:
         rows = (1 + d) * (1 + m) + SWEEP_OVERHEAD_ROWS
         return [forward, Strategy("reverse", rows, "forward-over-reverse: (1 + d) rows forward, (1 + d) m back")]
