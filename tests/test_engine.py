@@ -116,8 +116,10 @@ def test_chunked_pullback_matches_whole(model):
     np.testing.assert_array_equal(x_bar_c, x_bar)
 
 
-def test_empty_batch(model):
-    assert nd.jacobian(model, np.zeros((0, 3))).shape == (0, 2, 3)
+@pytest.mark.parametrize("strategy", ["auto", "forward", "reverse"])
+def test_empty_batch(model, strategy):
+    assert nd.jacobian(model, np.zeros((0, 3)), strategy=strategy).shape == (0, 2, 3)
+    assert nd.hessian(model, np.zeros((0, 3)), strategy=strategy).shape == (0, 2, 3, 3)
 
 
 def test_bad_chunk_size(model):

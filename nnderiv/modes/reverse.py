@@ -132,7 +132,7 @@ def _sweep(model, mode, x, part) -> tuple[np.ndarray, np.ndarray]:
             adjoint = kernels.activation_adjoint(adjoint, a, z)
         else:
             W = layer.params["W"]
-            flat = kernels.affine(adjoint.reshape(tangents * m, n, -1), W.T)
+            flat = kernels.affine(adjoint.reshape(tangents * m, n, W.shape[1]), W.T)
             adjoint = flat.reshape(tangents, m, n, W.shape[0])
     return kernels.host(stack[0]), kernels.host(adjoint)  # small now: read out on the host
 
