@@ -103,22 +103,15 @@ def test_every_call_runs_several_chunks_on_two_workers(two_workers, monkeypatch)
         assert seen and max(seen) == 2, f"{name} did not run on two workers"
 
 
-def test_two_workers_agree_with_one(two_workers):
+@pytest.mark.parametrize("oracle", ["one worker", "numpy reference"])
+def test_two_workers_agree_with_the_serial_oracles(two_workers, oracle):
     model, x = _model(), np.random.default_rng(0).uniform(-1, 1, (N, 3))
     parallel_results = {name: _results(call) for name, call in _calls(model, x)}
-    numba.set_num_threads(1)
-    for name, call in _calls(model, x):
-        for got, want in zip(parallel_results[name], _results(call)):
-            _close(got, want, name)
-
-
-def test_two_workers_agree_with_the_numpy_reference(two_workers):
-    model, x = _model(), np.random.default_rng(1).uniform(-1, 1, (N, 3))
-    parallel_results = {name: _results(call) for name, call in _calls(model, x)}
-    with nd.use_backend("numpy"):
+    numba.set_num_threads(1)  # one worker (the numpy backend has one anyway)
+    with nd.use_backend("numba" if oracle == "one worker" else "numpy"):
         for name, call in _calls(model, x):
             for got, want in zip(parallel_results[name], _results(call)):
-                _close(got, want, name)
+                _close(got, want, f"{name} against {oracle}")
 
 
 def test_results_do_not_depend_on_the_scheduling(two_workers):

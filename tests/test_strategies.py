@@ -97,8 +97,14 @@ def test_reverse_strategies_in_float32():
 
 @pytest.mark.parametrize(
     ("d", "m", "order", "expected"),
-    [(8, 1, 2, "reverse"), (2, 1, 2, "forward"), (3, 2, 2, "forward"), (8, 1, 1, "reverse"), (2, 1, 1, "reverse"),
-     (1, 1, 1, "forward")],  # fmt: skip
+    [
+        (8, 1, 2, "reverse"),
+        (2, 1, 2, "forward"),
+        (3, 2, 2, "forward"),
+        (8, 1, 1, "reverse"),
+        (2, 1, 1, "reverse"),
+        (1, 1, 1, "forward"),
+    ],  # fmt: skip
 )
 def test_auto_takes_the_strategy_with_fewer_rows(d, m, order, expected):
     options = {s.name: s.rows for s in reverse.strategies(d, m, order)}
