@@ -37,11 +37,6 @@ def workers() -> int:
     return max(1, backends.active().workers())
 
 
-def in_worker() -> bool:
-    """Whether the calling thread is one of the pool's workers."""
-    return getattr(_local, "in_worker", False)
-
-
 def map_chunks(fn: Callable, parts: Iterable) -> Iterator:
     """``fn(part)`` for every part, in order; up to :func:`workers` parts at a time, each on a worker
     thread with single-threaded BLAS and kernels. At most one more part than there are workers is
