@@ -60,8 +60,9 @@ PAD = 8
 #: (tens of microseconds with passive waiting) would cost more than the work
 PARALLEL_MIN_ELEMENTS = 1 << 17
 #: from this many stack elements on, the activation step runs the table's straight-line kernels
-#: (:mod:`~nnderiv.backends.numba_codegen`): their one-time compilation (about a second per table,
-#: then cached on disk) pays for itself; smaller stacks use the generic kernels
+#: (:mod:`~nnderiv.backends.numba_codegen`): their one-time compilation (0.5-10 s per table, then
+#: cached on disk) pays for itself; smaller stacks use the generic kernels (set it to 2**62 to
+#: never compile them)
 STRAIGHT_LINE_MIN_ELEMENTS = 1 << 15
 
 
