@@ -43,8 +43,8 @@ The source of each table's kernels goes to a file in the cache directory (``NNDE
 else ``$XDG_CACHE_HOME/nnderiv`` or ``~/.cache/nnderiv``, else the temporary directory), named by
 its hash, and is imported from there, so Numba caches the compiled code like any other
 (``cache=True``): a table's kernels compile once per machine (0.5 s for 3 rows to 10 s for 66,
-``docs/backends.md``), then load in milliseconds. Tables beyond :data:`MAX_ROWS` rows or :data:`MAX_PRODUCTS` products (compile time
-grows with them) use the generic kernels.
+``docs/backends.md``), then load in milliseconds. Tables beyond :data:`MAX_ROWS` rows or
+:data:`MAX_PRODUCTS` products (compile time grows with them) use the generic kernels.
 """
 
 from __future__ import annotations
