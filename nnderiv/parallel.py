@@ -16,7 +16,6 @@ gradient, a loss) is the same on every run. Inside a worker, :func:`workers` is 
 from __future__ import annotations
 
 import threading
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -38,34 +37,111 @@ def workers() -> int:
 
 
 def map_chunks(fn: Callable, parts: Iterable) -> Iterator:
-    """``fn(part)`` for every part, in order; up to :func:`workers` parts at a time, each on a worker
-    thread with single-threaded BLAS and kernels. At most one more part than there are workers is
-    in flight, so memory stays bounded by a few chunks. Consume the iterator to the end."""
+    """``fn(part)`` for every part, in order; up to :func:`workers` parts at a time, with
+    single-threaded BLAS and kernels. The calling thread is one of the workers: it takes parts
+    too, so a part never waits for a sleeping thread to wake up (measured: up to milliseconds on a
+    virtual machine). At most one more part than there are workers is in flight, so memory stays
+    bounded by a few chunks. Consume the iterator to the end."""
     parts = list(parts)
     n_workers = min(workers(), len(parts))
     if n_workers <= 1:
         yield from map(fn, parts)
         return
-    pool = _pool(n_workers)
+    chunks = _Chunks(fn, parts, window=n_workers + 1)
     with single_threaded_blas():
-        pending, upcoming = deque(), iter(parts)
+        helpers = [_pool(n_workers - 1).submit(chunks.help) for _ in range(n_workers - 1)]
         try:
-            for part in upcoming:
-                pending.append(pool.submit(fn, part))
-                if len(pending) > n_workers:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
+            for index in range(len(parts)):
+                yield chunks.result(index)
         finally:  # an error, or an abandoned iterator: let no chunk outlive the BLAS setting
-            for future in pending:
-                future.cancel()
-            for future in pending:
-                if not future.cancelled():
-                    future.exception()  # waits; its error (if any) is the first one's echo
+            chunks.stop()
+            for helper in helpers:
+                helper.result()
+
+
+class _Chunks:
+    """The parts of one :func:`map_chunks` call, claimed in order by the caller and the helpers;
+    parts up to ``window`` past the one the caller waits for may start, and their results wait
+    (``results``: index -> ``(ok, value or error)``) until the caller takes them in order."""
+
+    def __init__(self, fn, parts, window: int):
+        self.fn, self.parts, self.window = fn, parts, window
+        self.claimed = 0  # parts claimed so far (the next to claim)
+        self.wanted = 0  # the part the caller yields next
+        self.results: dict = {}
+        self.stopped = False
+        self.changed = threading.Condition()
+
+    def _claim(self):
+        """The next part to run, or None (none left, stopped, or too far ahead); under the lock."""
+        if self.stopped or self.claimed >= min(len(self.parts), self.wanted + self.window):
+            return None
+        self.claimed += 1
+        return self.claimed - 1
+
+    def _run(self, index: int) -> None:
+        try:
+            outcome = (True, self.fn(self.parts[index]))
+        except BaseException as error:  # noqa: BLE001 - raised again, in order, by result()
+            outcome = (False, error)
+        with self.changed:
+            self.results[index] = outcome
+            self.changed.notify_all()
+
+    def help(self) -> None:
+        """A helper thread: claim and run parts until none is left."""
+        while True:
+            with self.changed:
+                index = self._claim()
+                while index is None and not (self.stopped or self.claimed >= len(self.parts)):
+                    self.changed.wait()  # the window moves when the caller takes a result
+                    index = self._claim()
+            if index is None:
+                return
+            self._run(index)
+
+    def result(self, index: int):
+        """Part ``index``'s result, running parts on the calling thread until it is there."""
+        while True:
+            with self.changed:
+                self.wanted = index
+                self.changed.notify_all()
+                if index in self.results:
+                    ok, value = self.results.pop(index)
+                    break
+                claim = self._claim()
+                if claim is None:
+                    self.changed.wait()
+                    continue
+            with _as_worker():
+                self._run(claim)
+        if not ok:
+            raise value
+        return value
+
+    def stop(self) -> None:
+        with self.changed:
+            self.stopped = True
+            self.changed.notify_all()
+
+
+@contextmanager
+def _as_worker():
+    """The calling thread as a worker for one part: its kernels on itself, nothing nested."""
+    import numba
+
+    previous = numba.get_num_threads(), getattr(_local, "in_worker", False)
+    numba.set_num_threads(1)
+    _local.in_worker = True
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous[0])
+        _local.in_worker = previous[1]
 
 
 def _pool(n_workers: int) -> ThreadPoolExecutor:
-    """The process's worker threads, at least ``n_workers`` of them (started once, reused)."""
+    """The process's helper threads, at least ``n_workers`` of them (started once, reused)."""
     if _executor["size"] < n_workers:
         previous = _executor["pool"]
         _executor["pool"] = ThreadPoolExecutor(n_workers, thread_name_prefix="nnderiv", initializer=_start_worker)
