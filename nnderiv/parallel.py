@@ -4,10 +4,10 @@ A sweep alternates two kinds of steps on stacks of a few MiB: a matrix product (
 elementwise kernel (Numba). Run one after the other with each step parallel inside, the two thread
 pools take turns on the same cores: every step wakes its threads, and the threads of the step
 that just finished keep spinning on the cores the next step needs (measured on 2 cores: two
-threads no faster than one, ``docs/performance.md``). Here each worker takes a whole chunk of
-points through every layer, with BLAS and the kernels single-threaded inside, so no thread waits
-on another between steps and each chunk's stacks stay in its core's cache. Workers meet only when
-a chunk is done.
+threads no faster than one, ``docs/performance.md``). Here each worker — the calling thread and
+``workers() - 1`` helper threads — takes a whole chunk of points through every layer, with BLAS and
+the kernels single-threaded inside, so no thread waits on another between steps and each chunk's
+stacks stay in its core's cache. Workers meet only when a chunk is done.
 
 Results come back in the order of the chunks, whatever the scheduling, so a sum over chunks (a
 gradient, a loss) is the same on every run. Inside a worker, :func:`workers` is 1: nothing nests.
