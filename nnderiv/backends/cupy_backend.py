@@ -1,28 +1,36 @@
-"""The CuPy backend: the reference kernels on GPU arrays (cuBLAS for the matrix products).
+"""The CuPy backend: the reference kernels on GPU arrays, cuBLAS for the matrix products, and one
+fused CUDA kernel per activation step (:mod:`~nnderiv.backends.cuda_codegen`).
 
 The reference module (:mod:`nnderiv.backends.numpy_backend`) is written against the namespace of its
 input arrays, so on CuPy arrays it runs on the GPU unchanged: every run of a series product is one
-elementwise multiply and one add on contiguous slices. What this module adds is where arrays go
-(``asarray``: onto the current device) and the activation fills, which mostly work on CuPy arrays
-through NumPy's dispatch (``__array_ufunc__``, ``__array_function__``) except where they create a
-host array or call a host-only ufunc: gelu's ``erfc`` (here ``cupyx.scipy.special.erfc``) and the
-``n F^(n-1)`` term of silu and gelu (here ``cupy.arange``).
+elementwise multiply and one add on contiguous slices. For tables of up to
+:data:`~nnderiv.backends.codegen.MAX_ROWS` rows in float32 or float64, the activation step and
+its pullback instead run as one generated kernel, a thread per element, every row read once and
+written once (for tanh the Taylor coefficients too are computed in the thread). The results of the
+composition and its pullback are the reference's bit for bit. What else this module adds is where
+arrays go (``asarray``: onto the current device) and the activation fills, which mostly work on
+CuPy arrays through NumPy's dispatch (``__array_ufunc__``, ``__array_function__``) except where they
+create a host array or call a host-only ufunc: gelu's ``erfc`` (here ``cupyx.scipy.special.erfc``)
+and the ``n F^(n-1)`` term of silu and gelu (here ``cupy.arange``).
 
 CuPy is imported when this backend is selected, never to test an array's type.
 """
 
 from __future__ import annotations
 
+from functools import cache
+
+import numpy as np
+
 from .. import activations
 from ..errors import BackendError
+from . import codegen, cuda_codegen
+from . import numpy_backend as reference
 from .numpy_backend import (  # noqa: F401 (re-exported: the same code on CuPy arrays)
     activation_adjoint,
     affine,
     affine_weight_grad,
     bilinear,
-    compose,
-    compose_saving,
-    compose_vjp,
     divide_by_factorials,
     workers,  # one: the GPU runs each kernel on all the points
 )
@@ -100,13 +108,54 @@ def taylor_coefficients(activation, z, order: int):
     return divide_by_factorials(activation_derivatives(activation, z, order))
 
 
+@cache
+def _has_fused_kernels(table, order: int) -> bool:
+    return codegen.supports(table, order)
+
+
+def _fused(stack, table, order: int) -> bool:
+    """Whether the activation step on ``stack`` runs the table's generated kernels."""
+    return order >= 1 and stack.dtype in (np.float32, np.float64) and _has_fused_kernels(table, order)
+
+
+def _no_powers(stack):
+    return _cupy().zeros((0, *stack.shape), dtype=stack.dtype)
+
+
+def compose(stack, a, table, order: int):
+    """``a_0`` on row 0, ``sum_j a_j delta^j`` elsewhere: one fused kernel where the table has one."""
+    if _fused(stack, table, order):
+        return cuda_codegen.forward(table, order, a, stack)
+    return reference.compose(stack, a, table, order)
+
+
+def compose_saving(stack, a, table, order: int):
+    """:func:`compose` and the powers its pullback needs (none for the fused kernels: their
+    pullback recomputes them in registers)."""
+    if _fused(stack, table, order):
+        return cuda_codegen.forward(table, order, a, stack), _no_powers(stack)
+    return reference.compose_saving(stack, a, table, order)
+
+
+def compose_vjp(out_bar, stack, powers, a, table, order: int):
+    """Pullback of :func:`compose` to its input stack; ``a`` holds orders ``0 .. order + 1``."""
+    if _fused(stack, table, order):
+        return cuda_codegen.backward(table, order, out_bar, stack, a)
+    return reference.compose_vjp(out_bar, stack, powers, a, table, order)
+
+
 def activate(stack, activation, table, order: int):
-    """The activation step (the reference's, with the coefficients computed on the GPU)."""
+    """The activation step; for tanh one kernel computing the coefficients and the composition."""
+    if activation.name == "tanh" and _fused(stack, table, order):
+        return cuda_codegen.tanh_forward(table, order, stack)
     return compose(stack, taylor_coefficients(activation, stack[0], order), table, order)
 
 
 def activate_saving(stack, activation, table, order: int):
     """:func:`activate` and what its pullback needs: ``(out, a, powers)``, ``a`` to order ``order + 1``."""
+    if activation.name == "tanh" and _fused(stack, table, order):
+        out, a = cuda_codegen.tanh_forward(table, order, stack, saving=True)
+        return out, a, _no_powers(stack)
     a = taylor_coefficients(activation, stack[0], order + 1)
     out, powers = compose_saving(stack, a, table, order)
     return out, a, powers

@@ -1,18 +1,19 @@
-r"""Straight-line kernels for the activation step of one series table, written once per table.
+r"""Straight-line Numba kernels for the activation step of one series table, written once per table.
 
 The generic kernels of :mod:`~nnderiv.backends.numba_backend` read the table at run time: every
 product of the series composition ``sum_j a_j delta^j`` is a short loop over a block of points in
 cache-sized buffers, one load and one store per element and product. For a table of a few dozen
-rows the whole composition of one element fits in registers. This module writes, for one table,
-the loop whose body is the composition spelled out row by row, from the same runs of products
-(:meth:`~nnderiv.combinatorics.SeriesTable.series_product`), summed in the same order (so the
-results are those of the reference, bit for bit). For full mode with ``d = 2, K = 2`` (rows ``1,
-t_0, t_1, t_0^2, t_0 t_1, t_1^2``; ``A_j`` the coefficients ``a_j``, ``Z`` the input stack)
+rows the whole composition of one element fits in registers. :mod:`~nnderiv.backends.codegen`
+writes one element's work as statements, from the same runs of products summed in the same order
+(so the results are those of the reference, bit for bit); this module renders them as the body of
+a loop over the points. For full mode with ``d = 2, K = 2`` (rows ``1, t_0, t_1, t_0^2, t_0 t_1,
+t_1^2``; ``A_j`` the coefficients ``a_j``, ``Z`` the input stack)
 ``print(forward_source(multi_index_table(2, 2), 2))`` shows::
 
     @numba.njit(pipeline_class=NoAliasCompiler, **OPTIONS)
     def _forward_rows(n, A_0, A_1, A_2, Z_1, Z_2, Z_3, Z_4, Z_5, OUT_0, OUT_1, OUT_2, OUT_3, OUT_4, OUT_5):
         for i in range(n):
+            a_0 = A_0[i]
             a_1 = A_1[i]
             a_2 = A_2[i]
             d_1 = Z_1[i]
@@ -23,7 +24,7 @@ t_0, t_1, t_0^2, t_0 t_1, t_1^2``; ``A_j`` the coefficients ``a_j``, ``Z`` the i
             p2_3 = d_1 * d_1
             p2_4 = d_1 * d_2 + d_2 * d_1
             p2_5 = d_2 * d_2
-            OUT_0[i] = A_0[i]
+            OUT_0[i] = a_0
             OUT_1[i] = a_1 * d_1
             OUT_2[i] = a_1 * d_2
             OUT_3[i] = a_1 * d_3 + a_2 * p2_3
@@ -61,11 +62,9 @@ from pathlib import Path
 import numpy as np
 from numba.core.compiler import Compiler
 
-#: tables up to this many rows get straight-line kernels (the Laplacian up to d = 70, Taylor mode
-#: of order 4 in 17 directions, full mode of order 2 in 10 inputs)
-MAX_ROWS = 72
-#: ... and up to this many products in their composition
-MAX_PRODUCTS = 1500
+from . import codegen
+from .codegen import MAX_PRODUCTS, MAX_ROWS, supports  # noqa: F401 (this backend's limits)
+
 _lock = threading.Lock()
 
 
@@ -78,112 +77,39 @@ class NoAliasCompiler(Compiler):
         return super().define_pipelines()
 
 
-def products(table, order: int) -> dict[int, dict[int, list[tuple[int, int]]]]:
-    """``{j: {target row: [(left row, right row), ...]}}``: ``delta^j[t] = sum delta[l] delta^{j-1}[r]``
-    for ``j = 2..order``, in the order the generic kernels add them (run by run)."""
-    terms = {}
-    for j in range(2, order + 1):
-        targets: dict[int, list[tuple[int, int]]] = {}
-        for left, right, target, length in table.series_product(j - 1).runs.tolist():
-            for k in range(length):
-                targets.setdefault(target + k, []).append((left + k, right + k))
-        terms[j] = targets
-    return terms
+def _statement(statement) -> str:
+    kind, *rest = statement
+    if kind == "load":
+        name, array, row = rest
+        return f"{name} = {array}_{row}[i]"
+    if kind == "store":
+        array, row, expr = rest
+        return f"{array}_{row}[i] = {expr}"
+    if kind == "count":  # k in the dtype of the stack: counts = arange(K + 2) in that dtype
+        name, k = rest
+        return f"{name} = counts[{k}]"
+    name, expr = rest  # let, set
+    return f"{name} = {expr}"
 
 
-def supports(table, order: int) -> bool:
-    """Whether ``table`` is small enough for straight-line kernels."""
-    n_products = sum(len(pairs) for targets in products(table, order).values() for pairs in targets.values())
-    return 1 <= order and table.n_coef <= MAX_ROWS and n_products <= MAX_PRODUCTS
-
-
-def _power(j: int, row: int) -> str:
-    """The variable holding ``delta^j`` at ``row`` (``delta`` itself for ``j = 1``)."""
-    return f"d_{row}" if j == 1 else f"p{j}_{row}"
-
-
-def _powers(table, order: int) -> list[str]:
-    """Lines computing ``delta^2 .. delta^order`` of one element from the ``d_r``."""
-    lines = []
-    for j, targets in products(table, order).items():
-        for target, pairs in sorted(targets.items()):
-            terms = [f"d_{left} * {_power(j - 1, right)}" for left, right in pairs]
-            lines.append(f"p{j}_{target} = " + " + ".join(terms))
-    return lines
-
-
-def _loads(names: list[str], arrays: list[str]) -> list[str]:
-    return [f"{name} = {array}[i]" for name, array in zip(names, arrays)]
+def render(kernel: codegen.Kernel, name: str) -> str:
+    """The Numba loop over the points running ``kernel``'s statements, an argument per row."""
+    counts = ["counts"] if any(statement[0] == "count" for statement in kernel.body) else []
+    arrays = {**kernel.inputs, **kernel.outputs}
+    arguments = counts + [f"{array}_{row}" for array, rows in arrays.items() for row in rows]
+    header = f"@numba.njit(pipeline_class=NoAliasCompiler, **OPTIONS)\ndef {name}(n, {', '.join(arguments)}):"
+    body = [f"        {_statement(statement)}" for statement in kernel.body]
+    return "\n".join([header, "    for i in range(n):", *body]) + "\n"
 
 
 def forward_source(table, order: int) -> str:
     """The loop of :func:`forward`: ``OUT_0 = A_0``, ``OUT_r = sum_j a_j delta^j[r]``."""
-    rows, powers = range(1, table.n_coef), products(table, order)
-    lines = _loads([f"a_{j}" for j in range(1, order + 1)], [f"A_{j}" for j in range(1, order + 1)])
-    lines += _loads([f"d_{r}" for r in rows], [f"Z_{r}" for r in rows])
-    lines += _powers(table, order)
-    lines.append("OUT_0[i] = A_0[i]")
-    for r in rows:
-        terms = [f"a_1 * d_{r}"] + [f"a_{j} * p{j}_{r}" for j in range(2, order + 1) if r in powers[j]]
-        lines.append(f"OUT_{r}[i] = " + " + ".join(terms))
-    arguments = [f"A_{j}" for j in range(order + 1)] + [f"Z_{r}" for r in rows]
-    arguments += [f"OUT_{r}" for r in range(table.n_coef)]
-    return _loop("_forward_rows", arguments, lines)
+    return render(codegen.composition(table, order), "_forward_rows")
 
 
 def backward_source(table, order: int) -> str:
-    """The loop of :func:`backward`: the cotangent ``S`` of the input stack from the output's ``B``.
-
-    With ``q_j = d out / d delta^j`` (``q_K = a_K b``), each product ``delta^j[t] += delta[l]
-    delta^{j-1}[r]`` sends ``q_j[t] delta^{j-1}[r]`` to ``delta``'s cotangent at ``l`` and
-    ``q_j[t] delta[l]`` to ``q_{j-1}[r]``; ``q_{j-1} = a_{j-1} b + (those)``. The value row
-    reaches the output through every ``a_j``: ``S_0 = b_0 a_1 + sum_j <b, delta^j> (j + 1) a_{j+1}``.
-    Sums are grouped and ordered as in the generic kernels (the adjoint tables' runs).
-    """
-    n_rows, powers = table.n_coef, products(table, order)
-    rows = range(1, n_rows)
-    first = [table.degree_slice(j).start for j in range(order + 1)]
-    lines = _loads([f"a_{j}" for j in range(1, order + 2)], [f"A_{j}" for j in range(1, order + 2)])
-    lines += _loads([f"d_{r}" for r in rows], [f"Z_{r}" for r in rows])
-    lines += _loads([f"b_{r}" for r in range(n_rows)], [f"B_{r}" for r in range(n_rows)])
-    lines += _powers(table, order)
-    lines.append("c_0 = b_0 * a_1")  # the value row: through a_0 (whose derivative is a_1) and the a_j
-    for j in range(1, order + 1):
-        kept = [r for r in range(first[j], n_rows) if j == 1 or r in powers[j]]
-        if kept:
-            inner = " + ".join(f"b_{r} * {_power(j, r)}" for r in kept)
-            lines.append(f"c_0 = c_0 + (({inner}) * counts[{j + 1}]) * a_{j + 1}")  # counts[k] = k, in the dtype
-    for r in range(first[order], n_rows):
-        lines.append(f"q{order}_{r} = a_{order} * b_{r}")
-    cotangent: dict[int, list[str]] = {r: [] for r in rows}  # delta's, one sum per power
-    for j in range(order, 1, -1):
-        product = table.series_product(j - 1)
-        for r, total in _adjoint_sums(product.adjoint_left, f"q{j}", lambda r, j=j: _power(j - 1, r)).items():
-            cotangent[r].append(f"({total})")
-        to_previous = _adjoint_sums(product.adjoint_right, f"q{j}", lambda r: f"d_{r}")
-        for r in range(first[j - 1], n_rows):
-            lines.append(f"q{j - 1}_{r} = a_{j - 1} * b_{r}" + (f" + ({to_previous[r]})" if r in to_previous else ""))
-    lines.append("S_0[i] = c_0")
-    for r in rows:
-        lines.append(f"S_{r}[i] = " + " + ".join([*cotangent[r], f"q1_{r}"]))
-    arguments = ["counts"] + [f"A_{j}" for j in range(1, order + 2)] + [f"Z_{r}" for r in rows]
-    arguments += [f"B_{r}" for r in range(n_rows)] + [f"S_{r}" for r in range(n_rows)]
-    return _loop("_backward_rows", arguments, lines)
-
-
-def _adjoint_sums(adjoint, cotangent: str, factor) -> dict[int, str]:
-    """``{row: "q[t] * factor(r) + ..."}`` of an adjoint map ``out[target] += a[left] * b[right]``
-    (``a`` the cotangent ``q``), in the order of its runs."""
-    sums: dict[int, list[str]] = {}
-    for left, right, target, length in adjoint.runs.tolist():
-        for k in range(length):
-            sums.setdefault(target + k, []).append(f"{cotangent}_{left + k} * {factor(right + k)}")
-    return {row: " + ".join(terms) for row, terms in sums.items()}
-
-
-def _loop(name: str, arguments: list[str], body: list[str]) -> str:
-    header = f"@numba.njit(pipeline_class=NoAliasCompiler, **OPTIONS)\ndef {name}(n, {', '.join(arguments)}):"
-    return "\n".join([header, "    for i in range(n):", *(f"        {line}" for line in body)]) + "\n"
+    """The loop of :func:`backward` (:func:`nnderiv.backends.codegen.pullback`)."""
+    return render(codegen.pullback(table, order), "_backward_rows")
 
 
 def module_source(table, order: int) -> str:
