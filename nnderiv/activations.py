@@ -102,7 +102,7 @@ def _fill_riccati(y, out):
 
 def _fill_tanh(z, out):
     """tanh solves ``y' = 1 - y^2``; ``sech^2 = 4e/(1+e)^2``, ``e = exp(-2|z|)``, does not cancel."""
-    out[0] = np.tanh(z)
+    np.tanh(z, out=out[0])
     if len(out) == 1:
         return
     e = np.exp(-2.0 * np.minimum(np.abs(z), _TANH_CUTOFF))
