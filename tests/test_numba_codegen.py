@@ -109,3 +109,44 @@ def test_a_table_gets_one_module_named_by_its_source(monkeypatch, tmp_path):
     assert sys.modules[module.__name__] is module
     assert module.__file__.startswith(str(tmp_path))
     assert "Taylor mode" in module.__doc__
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("table_name", ["full d=3 K=3", "directional n=3 K=4", "full d=1 K=1"])
+def test_the_fused_tanh_step_composes_its_own_coefficients_which_are_the_fills(table_name, dtype, rng):
+    """One pass computing tanh's coefficients in registers and composing: its coefficients are the
+    Numba fill's formulas without contracted multiply-adds (within 8 ulp of a row's largest), and its output
+    is the straight-line composition of exactly those coefficients."""
+    table = TABLES[table_name]
+    K = table.order
+    stack = rng.normal(size=(table.n_coef, 257, 5)).astype(dtype)
+    stack[0] *= 3.0
+    stack[0, :4, 0] = [0.0, 30.0, -500.0, np.nan]
+    flat = lambda array: array.reshape(len(array), -1)  # noqa: E731
+    out, a = np.empty_like(stack), np.empty((K + 2, *stack.shape[1:]), dtype=dtype)
+    numba_codegen.tanh_forward(table, K, flat(stack), flat(out), flat(a))
+    want_a = numba_backend.taylor_coefficients(nd.get_activation("tanh"), stack[0], K + 1)
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(want_a))
+    finite = np.isfinite(want_a)
+    scale = np.where(finite, np.maximum(np.abs(a), np.abs(want_a)), 0).max(axis=(1, 2), keepdims=True)
+    assert (np.abs(a - want_a)[finite] <= 8 * np.broadcast_to(np.spacing(scale), a.shape)[finite]).all()
+    composed = np.empty_like(stack)
+    numba_codegen.forward(table, K, flat(a), flat(stack), flat(composed))
+    np.testing.assert_array_equal(out, composed)
+    alone = np.empty_like(stack)
+    numba_codegen.tanh_forward(table, K, flat(stack), flat(alone))
+    np.testing.assert_array_equal(alone, out)
+
+
+def test_the_backend_runs_the_fused_tanh_step_on_straight_line_tables(monkeypatch, rng):
+    monkeypatch.setattr(numba_backend, "STRAIGHT_LINE_MIN_ELEMENTS", 0)
+    calls, real = [], numba_codegen.tanh_forward
+    monkeypatch.setattr(numba_codegen, "tanh_forward", lambda *args: calls.append(len(args)) or real(*args))
+    table, tanh = multi_index_table(2, 2), nd.get_activation("tanh")
+    stack = rng.normal(size=(table.n_coef, 40, 3))
+    want = reference.activate_saving(stack, tanh, table, 2)
+    out = numba_backend.activate(stack, tanh, table, 2)
+    saved_out, a, powers = numba_backend.activate_saving(stack, tanh, table, 2)
+    assert calls == [4, 5] and powers.shape[0] == 0 and a.shape == want[1].shape
+    for got, expected in [(out, want[0]), (saved_out, want[0]), (a, want[1])]:
+        np.testing.assert_allclose(got, expected, rtol=1e-13, atol=1e-15)

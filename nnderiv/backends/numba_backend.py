@@ -538,12 +538,21 @@ def activate(stack, activation, table, order: int):
     if kind == 0 or stack.dtype not in (np.float32, np.float64):
         return compose(stack, taylor_coefficients(activation, stack[0], order), table, order)
     if _straight_line(stack, table, order):
+        if activation.name == "tanh":  # the coefficients in registers too: one pass
+            out = np.empty_like(stack, order="C")
+            numba_codegen.tanh_forward(table, order, _flat(stack), _flat(out))
+            return out
         return _straight_line_forward(stack, taylor_coefficients(activation, stack[0], order), table, order)
     return _composition(stack, None, table, order, save=False, kind=kind)[0]
 
 
 def activate_saving(stack, activation, table, order: int):
     """:func:`activate` and what its pullback needs: ``(out, a, powers)``, ``a`` to order ``order + 1``."""
+    if activation.name == "tanh" and _straight_line(stack, table, order):  # one pass, no powers kept
+        out = np.empty_like(stack, order="C")
+        a = np.empty((order + 2, *stack.shape[1:]), dtype=stack.dtype)
+        numba_codegen.tanh_forward(table, order, _flat(stack), _flat(out), _flat(a))
+        return out, a, _no_powers(stack)
     a = taylor_coefficients(activation, stack[0], order + 1)
     out, powers = compose_saving(stack, a, table, order)
     return out, a, powers

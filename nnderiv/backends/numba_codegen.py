@@ -38,7 +38,10 @@ them, and LLVM gives up vectorizing beyond a few. The kernels run on the calling
 points are spread over threads by :mod:`nnderiv.parallel`). The pullback is the same loop run
 backwards (the adjoints of each product, :func:`backward_source`), recomputing the powers
 ``delta^j`` in registers instead of reading them from memory: nothing but the Taylor
-coefficients is kept for it.
+coefficients is kept for it. For tanh the coefficients too are computed in the loop
+(:func:`tanh_forward_source`), from the value row, by the Numba fill's formulas: the whole
+activation step is one pass over the stack, and the coefficients are written out only for a
+pullback.
 
 The source of each table's kernels goes to a file in the cache directory (``NNDERIV_CACHE_DIR``,
 else ``$XDG_CACHE_HOME/nnderiv`` or ``~/.cache/nnderiv``, else the temporary directory), named by
@@ -66,6 +69,7 @@ from . import codegen
 from .codegen import MAX_PRODUCTS, MAX_ROWS, supports  # noqa: F401 (this backend's limits)
 
 _lock = threading.Lock()
+FLOATS = (np.float64, np.float32)
 
 
 class NoAliasCompiler(Compiler):
@@ -112,12 +116,40 @@ def backward_source(table, order: int) -> str:
     return render(codegen.pullback(table, order), "_backward_rows")
 
 
+def tanh_coefficients(order: int, dtype) -> list[tuple]:
+    """Statements for tanh's ``a_0 .. a_order`` at ``z_0``, as the Numba fill computes them
+    (:func:`~nnderiv.backends.numba_activations.fill_block`): ``tanh`` and ``sech^2`` by the
+    vectorizable :func:`~nnderiv.backends.numba_activations.tanh_sech2`, then the Riccati
+    recurrence ``(m + 1) a_{m+1} = -(2 a_0 a_m + sum_{0<j<m} a_j a_{m-j})`` in float64, each
+    coefficient rounded once to ``dtype``."""
+    lines = [("let", "g_0, g_1", "tanh_sech2(z_0)")]
+    for m in range(1, order):
+        terms = [f"2.0 * g_0 * g_{m}"] + [f"2.0 * (g_{j} * g_{m - j})" for j in range(1, (m + 1) // 2)]
+        if m % 2 == 0:
+            terms.append(f"g_{m // 2} * g_{m // 2}")
+        lines.append(("let", f"g_{m + 1}", f"({' + '.join(terms)}) * {-1.0 / (m + 1)!r}"))
+    cast = "" if np.dtype(dtype) == np.float64 else f"np.{np.dtype(dtype).name}"
+    return lines + [("let", f"a_{j}", f"{cast}(g_{j})") for j in range(order + 1)]
+
+
+def tanh_forward_source(table, order: int, dtype, saving: bool = False) -> str:
+    """The loop of :func:`tanh_forward`: tanh's coefficients computed per element (to ``order + 1``
+    and stored, ``saving``), then the composition."""
+    kernel = codegen.composition(table, order, tanh_coefficients(order + saving, dtype))
+    if saving:
+        kernel = codegen.saving(kernel, order + 1)
+    return render(kernel, f"_tanh_forward{'_saving' * saving}_rows_{np.dtype(dtype).name}")
+
+
 def module_source(table, order: int) -> str:
-    """The generated module: the two loops (called with one array per row, see :func:`forward`)."""
+    """The generated module: the loops (called with one array per row, see :func:`forward`)."""
+    tanh = [tanh_forward_source(table, order, dtype, saving) for dtype in FLOATS for saving in (False, True)]
     return f'''"""Kernels of {table.description}, order {order}: written by nnderiv.backends.numba_codegen."""
 
 import numba
+import numpy as np
 
+from nnderiv.backends.numba_activations import tanh_sech2
 from nnderiv.backends.numba_codegen import NoAliasCompiler
 
 OPTIONS = dict(fastmath=False, cache=True, nogil=True, error_model="numpy")
@@ -125,13 +157,25 @@ OPTIONS = dict(fastmath=False, cache=True, nogil=True, error_model="numpy")
 
 {forward_source(table, order)}
 
-{backward_source(table, order)}'''
+{backward_source(table, order)}
+
+''' + "\n\n".join(tanh)
 
 
 def forward(table, order: int, a, z, out) -> None:
     """``out = a_0`` on row 0 and ``sum_j a_j delta^j`` elsewhere, for ``z`` ``(rows, M)`` and its
     coefficients ``a`` ``(>= order + 1, M)``, all C-contiguous (on the calling thread)."""
     kernels(table, order)._forward_rows(z.shape[1], *a[: order + 1], *z[1:], *out)
+
+
+def tanh_forward(table, order: int, z, out, a=None) -> None:
+    """The tanh activation step of ``z`` ``(rows, M)`` into ``out``, its coefficients computed per
+    element and never stored, or stored into ``a`` ``(order + 2, M)`` if given (for the pullback)."""
+    module, dtype = kernels(table, order), z.dtype.name
+    if a is None:
+        getattr(module, f"_tanh_forward_rows_{dtype}")(z.shape[1], *z, *out)
+    else:
+        getattr(module, f"_tanh_forward_saving_rows_{dtype}")(z.shape[1], *z, *out, *a)
 
 
 def backward(table, order: int, out_bar, z, a, stack_bar) -> None:
