@@ -237,6 +237,35 @@ def test_every_public_function_on_the_cupy_backend_matches_numpy(host_cupy, spec
     assert host_cupy, "no fused kernel ran"
 
 
+def test_a_kernel_nvrtc_refuses_is_a_backend_error_naming_the_switch(monkeypatch, rng):
+    from nnderiv.backends import cupy_backend
+
+    class CompileException(Exception):
+        pass
+
+    class RawModule:  # NVRTC refusing the source
+        def __init__(self, code, options):
+            assert "--fmad=false" in options and "nnderiv_forward" in code
+
+        def get_function(self, name):
+            raise CompileException("kernel.cu(12): error: identifier 'TANH' is undefined")
+
+    fake = _fake_cupy()
+    fake.RawModule, fake.cuda.compiler = RawModule, types.SimpleNamespace(CompileException=CompileException)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    table = TABLES["full d=2 K=2"]
+    stack, _, a = _problem(table, np.float64, rng)
+    cuda_codegen._module.cache_clear()
+    try:
+        with pytest.raises(nd.BackendError, match=r"could not compile .* 'TANH' is undefined.*FUSED = False"):
+            cupy_backend.compose(fake.asarray(stack), fake.asarray(a), table, 2)
+        monkeypatch.setattr(cupy_backend, "FUSED", False)  # the way out it names: the reference's operations
+        got = cupy_backend.compose(fake.asarray(stack), fake.asarray(a), table, 2)
+        np.testing.assert_array_equal(reference.asarray(got), reference.compose(stack, a, table, 2))
+    finally:
+        cuda_codegen._module.cache_clear()  # no fake module left for a real GPU's tests
+
+
 # --- the fused steps of the CuPy backend, on a GPU and on the host ----------------------------
 
 

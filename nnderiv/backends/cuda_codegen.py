@@ -30,6 +30,7 @@ from functools import cache
 import numpy as np
 
 from .. import activations
+from ..errors import BackendError
 from . import codegen
 
 #: threads per block of every launch (each thread loops over elements grid-stride)
@@ -114,10 +115,25 @@ def _module(table, order: int, dtype):
     return cupy.RawModule(code=source(table, order, dtype), options=NVRTC_OPTIONS)
 
 
+def _function(table, order: int, name: str, dtype):
+    """Kernel ``name`` of the table's module (compiled on first use); :class:`BackendError` if
+    NVRTC refuses it, naming the switch that runs the unfused reference kernels instead."""
+    import cupy
+
+    try:
+        return _module(table, order, dtype).get_function(f"nnderiv_{name}")
+    except cupy.cuda.compiler.CompileException as exc:
+        raise BackendError(
+            f"CuPy could not compile the fused kernel {name!r} for {table.description}, order {order} "
+            f"({np.dtype(dtype).name}): {exc}. Set nnderiv.backends.cupy_backend.FUSED = False to run "
+            "the unfused reference kernels, and please report this with your CUDA and CuPy versions"
+        ) from exc
+
+
 def _launch(table, order: int, name: str, m: int, *arrays) -> None:
     if m == 0:
         return
-    function = _module(table, order, arrays[0].dtype).get_function(f"nnderiv_{name}")
+    function = _function(table, order, name, arrays[0].dtype)
     blocks = min(-(-m // THREADS), MAX_BLOCKS)
     function((blocks,), (THREADS,), (np.int64(m), *arrays))
 

@@ -108,6 +108,11 @@ def taylor_coefficients(activation, z, order: int):
     return divide_by_factorials(activation_derivatives(activation, z, order))
 
 
+#: run the activation steps of small tables as fused kernels (:mod:`~nnderiv.backends.cuda_codegen`);
+#: ``False``: the reference's array operations, a launch per operation
+FUSED = True
+
+
 @cache
 def _has_fused_kernels(table, order: int) -> bool:
     return codegen.supports(table, order)
@@ -115,7 +120,7 @@ def _has_fused_kernels(table, order: int) -> bool:
 
 def _fused(stack, table, order: int) -> bool:
     """Whether the activation step on ``stack`` runs the table's generated kernels."""
-    return order >= 1 and stack.dtype in (np.float32, np.float64) and _has_fused_kernels(table, order)
+    return FUSED and order >= 1 and stack.dtype in (np.float32, np.float64) and _has_fused_kernels(table, order)
 
 
 def _no_powers(stack):
