@@ -150,3 +150,10 @@ def test_the_backend_runs_the_fused_tanh_step_on_straight_line_tables(monkeypatc
     assert calls == [4, 5] and powers.shape[0] == 0 and a.shape == want[1].shape
     for got, expected in [(out, want[0]), (saved_out, want[0]), (a, want[1])]:
         np.testing.assert_allclose(got, expected, rtol=1e-13, atol=1e-15)
+    monkeypatch.setattr(numba_backend, "FUSED_SAVING_MAX_ROWS", table.n_coef - 1)  # too many rows to save in one pass
+    saved_out, a, powers = numba_backend.activate_saving(stack, tanh, table, 2)
+    assert calls == [4, 5] and powers.shape[0] == 0  # the fill, then the straight-line composition
+    np.testing.assert_allclose(saved_out, want[0], rtol=1e-13, atol=1e-15)
+    monkeypatch.setattr(numba_backend, "FUSED_TANH", False)  # the switch: fill, then composition
+    np.testing.assert_allclose(numba_backend.activate(stack, tanh, table, 2), want[0], rtol=1e-13, atol=1e-15)
+    assert calls == [4, 5]
