@@ -25,27 +25,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import build_model, networks
-from test_backends import _cotangent, _run, assert_close, public_calls
+from test_backends import assert_public_calls_match
+from test_numba_codegen import TABLES
 
 import nnderiv as nd
 from nnderiv import backends
 from nnderiv.backends import cuda_codegen
 from nnderiv.backends import numpy_backend as reference
-from nnderiv.combinatorics import (
-    collapsed_second_order_table,
-    directional_table,
-    hessian_vector_table,
-    multi_index_table,
-)
+from nnderiv.combinatorics import multi_index_table
 
-TABLES = {
-    "full d=2 K=2": multi_index_table(2, 2),
-    "full d=3 K=3": multi_index_table(3, 3),
-    "full d=1 K=1": multi_index_table(1, 1),
-    "directional n=3 K=4": directional_table(3, 4),
-    "collapsed n=3, 1 negative": collapsed_second_order_table(3, 1),
-    "hessian-vector d=3": hessian_vector_table(3),
-}
 DTYPES = [np.float64, np.float32]
 #: the host's tanh and exp against NumPy's: within this many ulp of the larger, per coefficient
 COEFFICIENT_ULPS = 8
@@ -225,15 +213,7 @@ def test_every_public_function_on_the_cupy_backend_matches_numpy(host_cupy, spec
     on_device = build_model(spec).to("cupy")
     assert all(backends.is_device_array(value) for value in on_device.params.values())
     x = rng.uniform(-1, 1, (7, model.n_inputs))
-    for label, fn, kwargs in public_calls(model, x, rng):
-        with nd.use_backend("numpy"):
-            cotangent = _cotangent(fn(model, x, **kwargs), rng)
-        want = _run("numpy", fn, model, x, kwargs, 3, cotangent)
-        got = _run("cupy", fn, on_device, x, kwargs, 3, cotangent)
-        assert_close(got[0], want[0], label)
-        assert_close(got[2], want[2], f"{label}: x cotangent")
-        for name in want[1]:
-            assert_close(got[1][name], want[1][name], f"{label}: gradient of {name}")
+    assert_public_calls_match(model, x, "cupy", chunk_size=3, rng=rng, model_there=on_device)
     assert host_cupy, "no fused kernel ran"
 
 

@@ -42,6 +42,13 @@ class Kernel(NamedTuple):
     body: list[tuple]
 
 
+def line(statement: tuple, templates: dict[str, str]) -> str:
+    """``statement`` written out by a renderer's ``templates`` (one format string per kind, its
+    fields the statement's items after the kind)."""
+    kind, *items = statement
+    return templates[kind].format(*items)
+
+
 def products(table, order: int) -> dict[int, dict[int, list[tuple[int, int]]]]:
     """``{j: {target row: [(left row, right row), ...]}}``: ``delta^j[t] = sum delta[l] delta^{j-1}[r]``
     for ``j = 2..order``, in the order the generic kernels add them (run by run)."""

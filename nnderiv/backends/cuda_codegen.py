@@ -50,22 +50,15 @@ def _prelude(dtype, host: bool) -> str:
     return "\n".join(lines)
 
 
-def _statement(statement) -> str:
-    kind, *rest = statement
-    if kind == "load":
-        name, array, row = rest
-        return f"const real {name} = {array}[{row} * m + i];"
-    if kind == "store":
-        array, row, expr = rest
-        return f"{array}[{row} * m + i] = {expr};"
-    if kind == "count":
-        name, k = rest
-        return f"const real {name} = REAL({k});"
-    if kind == "let":
-        name, expr = rest
-        return f"real {name} = {expr};"
-    name, expr = rest  # set
-    return f"{name} = {expr};"
+#: each statement of :mod:`~nnderiv.backends.codegen` as a line of C, a pointer per array with
+#: rows ``m`` apart
+LINES = {
+    "load": "const real {0} = {1}[{2} * m + i];",
+    "store": "{0}[{1} * m + i] = {2};",
+    "count": "const real {0} = REAL({1});",
+    "let": "real {0} = {1};",
+    "set": "{0} = {1};",
+}
 
 
 def render(kernel: codegen.Kernel, host: bool = False) -> str:
@@ -81,7 +74,7 @@ def render(kernel: codegen.Kernel, host: bool = False) -> str:
             "for (long long i = blockIdx.x * (long long) blockDim.x + threadIdx.x; i < m;"
             " i += (long long) blockDim.x * gridDim.x)"
         )
-    body = [f"        {_statement(statement)}" for statement in kernel.body]
+    body = [f"        {codegen.line(statement, LINES)}" for statement in kernel.body]
     return "\n".join(
         [f"{head} nnderiv_{kernel.name}({', '.join(arguments)}) {{", f"    {loop} {{", *body, "    }", "}"]
     )

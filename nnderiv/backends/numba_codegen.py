@@ -81,19 +81,15 @@ class NoAliasCompiler(Compiler):
         return super().define_pipelines()
 
 
-def _statement(statement) -> str:
-    kind, *rest = statement
-    if kind == "load":
-        name, array, row = rest
-        return f"{name} = {array}_{row}[i]"
-    if kind == "store":
-        array, row, expr = rest
-        return f"{array}_{row}[i] = {expr}"
-    if kind == "count":  # k in the dtype of the stack: counts = arange(K + 2) in that dtype
-        name, k = rest
-        return f"{name} = counts[{k}]"
-    name, expr = rest  # let, set
-    return f"{name} = {expr}"
+#: each statement of :mod:`~nnderiv.backends.codegen` as a line of Python, a row per argument
+#: (``count``: ``counts = arange(K + 2)`` in the dtype of the stack)
+LINES = {
+    "load": "{0} = {1}_{2}[i]",
+    "store": "{0}_{1}[i] = {2}",
+    "count": "{0} = counts[{1}]",
+    "let": "{0} = {1}",
+    "set": "{0} = {1}",
+}
 
 
 def render(kernel: codegen.Kernel, name: str) -> str:
@@ -102,7 +98,7 @@ def render(kernel: codegen.Kernel, name: str) -> str:
     arrays = {**kernel.inputs, **kernel.outputs}
     arguments = counts + [f"{array}_{row}" for array, rows in arrays.items() for row in rows]
     header = f"@numba.njit(pipeline_class=NoAliasCompiler, **OPTIONS)\ndef {name}(n, {', '.join(arguments)}):"
-    body = [f"        {_statement(statement)}" for statement in kernel.body]
+    body = [f"        {codegen.line(statement, LINES)}" for statement in kernel.body]
     return "\n".join([header, "    for i in range(n):", *body]) + "\n"
 
 
