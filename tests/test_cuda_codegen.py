@@ -43,28 +43,35 @@ needs_compiler = pytest.mark.skipif(COMPILER is None, reason="no C compiler to b
 
 
 class HostKernels:
-    """The four kernels of one table, order and dtype compiled for this CPU, called like on the GPU."""
+    """The kernels of one module (``key``: a table and order, or ``None`` for the activation
+    adjoint) in one dtype, compiled for this CPU and called like on the GPU."""
 
-    def __init__(self, table, order: int, dtype, directory):
+    def __init__(self, key, dtype, directory):
         source = directory / "kernels.c"
         library = directory / "kernels.so"
-        source.write_text(cuda_codegen.source(table, order, dtype, host=True))
+        source.write_text(cuda_codegen.module_source(key, dtype, host=True))
         command = [COMPILER, "-O1", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC"]
         subprocess.run([*command, str(source), "-o", str(library), "-lm"], check=True, capture_output=True)
         self.library, self.dtype = ctypes.CDLL(str(library)), np.dtype(dtype)
 
-    def __call__(self, name: str, *arrays):
-        for array in arrays:
-            assert array.dtype == self.dtype and array.flags.c_contiguous
+    def launch(self, name: str, m: int, *args) -> None:
+        """``nnderiv_<name>(m, *args)``: integers as ``long long``, arrays as pointers."""
+        for arg in args:
+            assert isinstance(arg, (int, np.integer)) or (arg.dtype == self.dtype and arg.flags.c_contiguous)
         function = getattr(self.library, f"nnderiv_{name}")
-        function.argtypes = [ctypes.c_longlong] + [ctypes.c_void_p] * len(arrays)
-        function(arrays[0][0].size, *(array.ctypes.data for array in arrays))
+        function.argtypes = [ctypes.c_longlong] * (1 + sum(isinstance(arg, (int, np.integer)) for arg in args))
+        function.argtypes += [ctypes.c_void_p] * sum(not isinstance(arg, (int, np.integer)) for arg in args)
+        function(int(m), *(int(arg) if isinstance(arg, (int, np.integer)) else arg.ctypes.data for arg in args))
+
+    def __call__(self, name: str, *arrays) -> None:
+        """A table's kernel on ``(rows, ...)`` arrays: ``m`` is the size of one row."""
+        self.launch(name, arrays[0][0].size, *arrays)
 
 
 @pytest.fixture
 def compiled(tmp_path):
-    def build(table, order, dtype):
-        return HostKernels(table, order, dtype, Path(tempfile.mkdtemp(dir=tmp_path)))
+    def build(key, dtype):
+        return HostKernels(key, dtype, Path(tempfile.mkdtemp(dir=tmp_path)))
 
     return build
 
@@ -84,7 +91,7 @@ def test_the_composition_and_its_pullback_equal_the_reference_bit_for_bit(table_
     table = TABLES[table_name]
     K = table.order
     stack, out_bar, a = _problem(table, dtype, rng)
-    kernels = compiled(table, K, dtype)
+    kernels = compiled((table, K), dtype)
     want, powers = reference.compose_saving(stack, a, table, K)
     got = np.empty_like(stack)
     kernels("forward", a[: K + 1].copy(), stack, got)
@@ -103,7 +110,7 @@ def test_the_fused_tanh_step_composes_its_own_coefficients_which_are_the_referen
     stack, _, want_a = _problem(table, dtype, rng)
     stack[0, :3, 0] = [0.0, 30.0, -500.0]  # tanh' underflows far out: the cutoff keeps exp finite
     want_a = reference.taylor_coefficients(nd.get_activation("tanh"), stack[0], K + 1)
-    kernels = compiled(table, K, dtype)
+    kernels = compiled((table, K), dtype)
     out, a = np.empty_like(stack), np.empty_like(want_a)
     kernels("tanh_forward_saving", stack, out, a)
     assert np.isfinite(a).all()
@@ -113,6 +120,21 @@ def test_the_fused_tanh_step_composes_its_own_coefficients_which_are_the_referen
     alone = np.empty_like(stack)
     kernels("tanh_forward", stack, alone)
     np.testing.assert_array_equal(alone, out)
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tangents", [1, 3])
+def test_the_activation_adjoint_equals_the_reference_bit_for_bit(tangents, dtype, compiled, rng):
+    stack = rng.normal(size=(4, 97, 3)).astype(dtype)
+    a = reference.taylor_coefficients(nd.get_activation("tanh"), stack[0], 2)
+    adjoint = rng.normal(size=(tangents, 2, 97, 3)).astype(dtype)
+    out = np.empty_like(adjoint)
+    flat = np.ascontiguousarray
+    compiled(None, dtype).launch(
+        "activation_adjoint", 97 * 3, tangents, 2, adjoint, flat(a[: 3 if tangents > 1 else 2]), stack, out
+    )
+    np.testing.assert_array_equal(out, reference.activation_adjoint(adjoint, a, stack))
 
 
 def test_the_source_declares_one_pointer_per_array_and_reads_each_row_once():
@@ -138,6 +160,10 @@ def test_the_device_source_compiles_with_nvcc_without_warnings(dtype, tmp_path):
     ptx = (tmp_path / "k.ptx").read_text()
     for name in ("forward", "tanh_forward", "tanh_forward_saving", "backward"):
         assert f".entry nnderiv_{name}(" in ptx
+    source.write_text(cuda_codegen.adjoint_source(dtype))
+    result = subprocess.run(["nvcc", *options, str(source), "-o", str(tmp_path / "k.ptx")], capture_output=True)
+    assert result.returncode == 0, result.stderr.decode()
+    assert ".entry nnderiv_activation_adjoint(" in (tmp_path / "k.ptx").read_text()
 
 
 # --- the CuPy backend's glue, on the host ----------------------------------------------------
@@ -151,9 +177,7 @@ class HostModule:
 
     def get_function(self, name: str):
         def launch(grid, block, args):
-            m, *arrays = args
-            assert all(array[0].size == m for array in arrays)
-            self.kernels(name.removeprefix("nnderiv_"), *arrays)
+            self.kernels.launch(name.removeprefix("nnderiv_"), *args)
 
         return launch
 
@@ -190,11 +214,10 @@ def host_cupy(monkeypatch, compiled):
     monkeypatch.setitem(sys.modules, "cupy", _fake_cupy())
     built = {}
 
-    def module(table, order, dtype):
-        key = table, order, np.dtype(dtype)
-        if key not in built:
-            built[key] = HostModule(compiled(table, order, dtype))
-        return built[key]
+    def module(key, dtype):
+        if (key, dtype) not in built:
+            built[key, dtype] = HostModule(compiled(key, dtype))
+        return built[key, dtype]
 
     monkeypatch.setattr(cuda_codegen, "_module", module)
     return built
@@ -291,3 +314,7 @@ def test_the_cupy_backend_runs_the_fused_kernels(table_name, dtype, cupy, rng):
     assert (np.abs(device_a - a) <= COEFFICIENT_ULPS * ulp).all()
     np.testing.assert_array_equal(host(out), reference.compose(stack, device_a, table, K))
     np.testing.assert_array_equal(host(cupy_backend.activate(cupy.asarray(stack), tanh, table, K)), host(out))
+    tangents = min(table.n_coef, 3) if K >= 1 else 1  # a reverse sweep's h_bar and its tangents
+    adjoint = rng.normal(size=(tangents, 2, *stack.shape[1:])).astype(dtype)
+    got = cupy_backend.activation_adjoint(cupy.asarray(adjoint), cupy.asarray(a), cupy.asarray(stack))
+    np.testing.assert_array_equal(host(got), reference.activation_adjoint(adjoint, a, stack))

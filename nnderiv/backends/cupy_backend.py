@@ -27,7 +27,6 @@ from ..errors import BackendError
 from . import codegen, cuda_codegen
 from . import numpy_backend as reference
 from .numpy_backend import (  # noqa: F401 (re-exported: the same code on CuPy arrays)
-    activation_adjoint,
     affine,
     affine_weight_grad,
     bilinear,
@@ -125,6 +124,14 @@ def _fused(stack, table, order: int) -> bool:
 
 def _no_powers(stack):
     return _cupy().zeros((0, *stack.shape), dtype=stack.dtype)
+
+
+def activation_adjoint(adjoint, a, stack):
+    """One activation step of a reverse sweep (:func:`nnderiv.backends.numpy_backend.activation_adjoint`),
+    as one fused kernel: the reference's numbers bit for bit."""
+    if FUSED and adjoint.dtype in (np.float32, np.float64):
+        return cuda_codegen.activation_adjoint(adjoint, a, stack)
+    return reference.activation_adjoint(adjoint, a, stack)
 
 
 def compose(stack, a, table, order: int):
