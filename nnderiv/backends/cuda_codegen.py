@@ -18,9 +18,9 @@ Four kernels per table and order, each ``(m, arrays...)`` with one pointer per a
 and, table-free, ``nnderiv_activation_adjoint`` (:func:`adjoint_source`): the reverse sweep's
 activation rule for every cotangent and tangent of an element in one thread.
 
-The source is compiled with ``--fmad=false``: no multiply-add is contracted, so ``forward`` and
-``backward`` return the reference's numbers bit for bit, and the tanh kernels differ from it only
-by what the device's ``tanh`` and ``exp`` round differently (an ulp). :func:`source` with
+The source is compiled with ``--fmad=false``: no multiply-add is contracted, so ``forward``,
+``backward`` and ``activation_adjoint`` return the reference's numbers bit for bit, and the tanh
+kernels differ from it only where the device's ``tanh`` and ``exp`` round differently (a few ulp). :func:`source` with
 ``host=True`` writes the same statements as plain C functions looping over the points: the tests
 compile them with the system's C compiler and check them against the reference on machines
 without a GPU. CuPy caches compiled kernels on disk (``~/.cupy/kernel_cache``).
