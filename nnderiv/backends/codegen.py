@@ -23,6 +23,7 @@ Python and C. A :class:`Kernel` is the statements with the arrays they read and 
 
 from __future__ import annotations
 
+from functools import cache
 from math import comb, factorial
 from typing import NamedTuple
 
@@ -62,8 +63,9 @@ def products(table, order: int) -> dict[int, dict[int, list[tuple[int, int]]]]:
     return terms
 
 
+@cache
 def supports(table, order: int) -> bool:
-    """Whether ``table`` is small enough for straight-line kernels."""
+    """Whether ``table`` is small enough for straight-line kernels (once per table and order)."""
     n_products = sum(len(pairs) for targets in products(table, order).values() for pairs in targets.values())
     return 1 <= order and table.n_coef <= MAX_ROWS and n_products <= MAX_PRODUCTS
 

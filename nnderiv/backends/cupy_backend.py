@@ -18,8 +18,6 @@ CuPy is imported when this backend is selected, never to test an array's type.
 
 from __future__ import annotations
 
-from functools import cache
-
 import numpy as np
 
 from .. import activations
@@ -112,14 +110,9 @@ def taylor_coefficients(activation, z, order: int):
 FUSED = True
 
 
-@cache
-def _has_fused_kernels(table, order: int) -> bool:
-    return codegen.supports(table, order)
-
-
 def _fused(stack, table, order: int) -> bool:
     """Whether the activation step on ``stack`` runs the table's generated kernels."""
-    return FUSED and order >= 1 and stack.dtype in (np.float32, np.float64) and _has_fused_kernels(table, order)
+    return FUSED and order >= 1 and stack.dtype in (np.float32, np.float64) and codegen.supports(table, order)
 
 
 def _no_powers(stack):

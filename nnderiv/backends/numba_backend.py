@@ -478,18 +478,13 @@ def _composition(stack, a, table, order: int, save: bool, kind: int = 0):
     return out, powers
 
 
-@cache
-def _has_straight_line_kernels(table, order: int) -> bool:
-    return numba_codegen.supports(table, order)
-
-
 def _straight_line(stack, table, order: int) -> bool:
     """Whether the activation step on ``stack`` runs the table's straight-line kernels."""
     return (
         order >= 1
         and stack.size >= STRAIGHT_LINE_MIN_ELEMENTS
         and stack.dtype in (np.float32, np.float64)
-        and _has_straight_line_kernels(table, order)
+        and numba_codegen.supports(table, order)
     )
 
 
