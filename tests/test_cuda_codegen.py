@@ -103,7 +103,7 @@ def test_the_composition_and_its_pullback_equal_the_reference_bit_for_bit(table_
 
 @needs_compiler
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("table_name", ["full d=3 K=3", "directional n=3 K=4", "full d=1 K=1"])
+@pytest.mark.parametrize("table_name", ["full d=3 K=3", "directional n=3 K=4", "full d=1 K=1", "full d=2 K=0"])
 def test_the_fused_tanh_step_composes_its_own_coefficients_which_are_the_references(table_name, dtype, compiled, rng):
     table = TABLES[table_name]
     K = table.order

@@ -67,7 +67,7 @@ def products(table, order: int) -> dict[int, dict[int, list[tuple[int, int]]]]:
 def supports(table, order: int) -> bool:
     """Whether ``table`` is small enough for straight-line kernels (once per table and order)."""
     n_products = sum(len(pairs) for targets in products(table, order).values() for pairs in targets.values())
-    return 1 <= order and table.n_coef <= MAX_ROWS and n_products <= MAX_PRODUCTS
+    return 0 <= order and table.n_coef <= MAX_ROWS and n_products <= MAX_PRODUCTS
 
 
 def _power(j: int, row: int) -> str:
@@ -135,7 +135,7 @@ def pullback(table, order: int) -> Kernel:
             inner = " + ".join(f"b_{r} * {_power(j, r)}" for r in kept)
             lines.append(("count", f"k_{j + 1}", j + 1))
             lines.append(("set", "c_0", f"c_0 + (({inner}) * k_{j + 1}) * a_{j + 1}"))
-    for r in range(first[order], n_rows):
+    for r in range(first[order], n_rows if order else 0):  # order 0: the value row alone, done
         lines.append(("let", f"q{order}_{r}", f"a_{order} * b_{r}"))
     cotangent: dict[int, list[str]] = {r: [] for r in rows}  # delta's, one sum per power
     for j in range(order, 1, -1):

@@ -112,7 +112,7 @@ FUSED = True
 
 def _fused(stack, table, order: int) -> bool:
     """Whether the activation step on ``stack`` runs the table's generated kernels."""
-    return FUSED and order >= 1 and stack.dtype in (np.float32, np.float64) and codegen.supports(table, order)
+    return FUSED and stack.dtype in (np.float32, np.float64) and codegen.supports(table, order)
 
 
 def _no_powers(stack):
@@ -128,8 +128,9 @@ def activation_adjoint(adjoint, a, stack):
 
 
 def compose(stack, a, table, order: int):
-    """``a_0`` on row 0, ``sum_j a_j delta^j`` elsewhere: one fused kernel where the table has one."""
-    if _fused(stack, table, order):
+    """``a_0`` on row 0, ``sum_j a_j delta^j`` elsewhere: one fused kernel where the table has one
+    (order 0 is ``a_0`` itself: no kernel at all)."""
+    if order > 0 and _fused(stack, table, order):
         return cuda_codegen.forward(table, order, a, stack)
     return reference.compose(stack, a, table, order)
 
@@ -137,7 +138,7 @@ def compose(stack, a, table, order: int):
 def compose_saving(stack, a, table, order: int):
     """:func:`compose` and the powers its pullback needs (none for the fused kernels: their
     pullback recomputes them in registers)."""
-    if _fused(stack, table, order):
+    if order > 0 and _fused(stack, table, order):
         return cuda_codegen.forward(table, order, a, stack), _no_powers(stack)
     return reference.compose_saving(stack, a, table, order)
 

@@ -273,6 +273,18 @@ def fill_block(kind, z, a, order, n, centred):
             a[0, i] = z[i] * a[0, i]
 
 
+@numba.njit(fastmath=FILL_FASTMATH, cache=True, nogil=True, error_model="numpy")
+def fill_values(kind, z, out):
+    """``out = g(z)`` for tanh (``kind`` 1) or sigmoid (2), 1D: the value alone, written straight
+    into ``out`` (what the fill computes besides, sech^2 or sigma', is never formed)."""
+    if kind == 1:
+        for i in range(len(z)):
+            out[i] = tanh_sech2(z[i])[0]
+    else:
+        for i in range(len(z)):
+            out[i] = sigmoid_parts(z[i])[0]
+
+
 @numba.njit(fastmath=FILL_FASTMATH, cache=True, nogil=True, error_model="numpy", inline="always")
 def _riccati(a, first, b0, order, n):
     """Orders 2..order of a solution of ``y' = c - y^2``, its coefficient ``j`` in row ``first + j``,

@@ -40,7 +40,7 @@ import numpy as np
 from . import numba_codegen
 from . import numpy_backend as reference
 from ._allocator import keep_freed_memory
-from .numba_activations import KINDS, fill_block
+from .numba_activations import KINDS, fill_block, fill_values
 from .numpy_backend import activation_derivatives, affine, affine_weight_grad, asarray  # noqa: F401 (re-exported)
 
 ON_DEVICE = False
@@ -292,6 +292,22 @@ def _fill_share(kind, z, a, order, block, worker, n_workers):
         _store(a, s, coefs, n, 0)
 
 
+@_kernel(parallel=False)
+def _values_share(kind, z, out, block, worker, n_workers):
+    """Worker ``worker``'s blocks of :func:`_values`."""
+    for blk in _worker_blocks(worker, n_workers, z.shape[0], block):
+        s = blk * block
+        e = min(s + block, z.shape[0])
+        fill_values(kind, z[s:e], out[s:e])
+
+
+@_kernel(parallel=True)
+def _values(kind, z, out, block, n_workers):
+    """``out = g(z)`` for tanh or sigmoid (``kind``), flat, in parallel blocks."""
+    for worker in numba.prange(n_workers):
+        _values_share(kind, z, out, block, worker, n_workers)
+
+
 @_kernel(parallel=True)
 def _fill(kind, z, a, order, block, n_workers):
     """``a[j] = g^(j)(z) / j!`` for activation ``kind``, ``j = 0..order``, in parallel blocks."""
@@ -481,8 +497,7 @@ def _composition(stack, a, table, order: int, save: bool, kind: int = 0):
 def _straight_line(stack, table, order: int) -> bool:
     """Whether the activation step on ``stack`` runs the table's straight-line kernels."""
     return (
-        order >= 1
-        and stack.size >= STRAIGHT_LINE_MIN_ELEMENTS
+        stack.size >= STRAIGHT_LINE_MIN_ELEMENTS
         and stack.dtype in (np.float32, np.float64)
         and numba_codegen.supports(table, order)
     )
@@ -497,7 +512,7 @@ def _straight_line_forward(stack, a, table, order: int):
 
 def compose(stack, a, table, order: int):
     """``a_0`` on row 0, ``sum_j a_j delta^j`` elsewhere: one fused pass, no power kept."""
-    if _straight_line(stack, table, order):
+    if order > 0 and _straight_line(stack, table, order):  # order 0 is a_0 itself: no pass at all
         return _straight_line_forward(stack, a, table, order)
     if order <= 1:  # one multiplication, nothing to fuse: NumPy streams it as fast
         return reference.compose(stack, a, table, order)
@@ -507,7 +522,7 @@ def compose(stack, a, table, order: int):
 def compose_saving(stack, a, table, order: int):
     """:func:`compose` and the powers ``delta^2 .. delta^K`` (written in the same pass); none for
     the straight-line kernels, whose pullback recomputes them in registers."""
-    if _straight_line(stack, table, order):
+    if order > 0 and _straight_line(stack, table, order):
         return _straight_line_forward(stack, a, table, order), _no_powers(stack)
     if order <= 1:
         return reference.compose_saving(stack, a, table, order)
@@ -535,8 +550,11 @@ def activate(stack, activation, table, order: int):
     """The activation step: ``g`` applied to the series ``stack``. For tanh and sigmoid the
     coefficients ``a_j`` are computed inside the composition, block by block, and never stored."""
     kind = KINDS.get(activation.name, 0)
-    if order == 0 and activation.name == "tanh":  # NumPy's tanh is SIMD code (and the value is all)
-        return reference.activate(stack, activation, table, order)
+    if order == 0 and kind in (1, 2) and stack.dtype in (np.float32, np.float64):  # the value alone
+        out = np.empty(stack.shape, dtype=stack.dtype)
+        flat = np.ascontiguousarray(stack).reshape(-1)
+        _launch(_values, _values_share, (kind, flat, out.reshape(-1), BUFFER_ELEMENTS), flat.size, BUFFER_ELEMENTS)
+        return out
     if kind == 0 or stack.dtype not in (np.float32, np.float64):
         return compose(stack, taylor_coefficients(activation, stack[0], order), table, order)
     if _straight_line(stack, table, order):
@@ -550,7 +568,7 @@ def activate(stack, activation, table, order: int):
 
 def activate_saving(stack, activation, table, order: int):
     """:func:`activate` and what its pullback needs: ``(out, a, powers)``, ``a`` to order ``order + 1``."""
-    fused = activation.name == "tanh" and FUSED_TANH and table.n_coef <= FUSED_SAVING_MAX_ROWS
+    fused = activation.name == "tanh" and FUSED_TANH and 0 < order and table.n_coef <= FUSED_SAVING_MAX_ROWS
     if fused and _straight_line(stack, table, order):  # one pass, no powers kept
         out = np.empty_like(stack, order="C")
         a = np.empty((order + 2, *stack.shape[1:]), dtype=stack.dtype)

@@ -41,7 +41,9 @@ backwards (the adjoints of each product, :func:`backward_source`), recomputing t
 coefficients is kept for it. For tanh the coefficients too are computed in the loop
 (:func:`tanh_forward_source`), from the value row, by the Numba fill's formulas: the whole
 activation step is one pass over the stack, and the coefficients are written out only for a
-pullback.
+pullback. Those kernels are compiled as the fills are, with contracted multiply-adds (one rounding
+where there were two; 1.2-1.4x faster on tables of up to 7 rows, ``docs/performance.md``), so their
+output is the composition of their own coefficients to rounding, not bit for bit.
 
 The source of each table's kernels goes to a file in the cache directory (``NNDERIV_CACHE_DIR``,
 else ``$XDG_CACHE_HOME/nnderiv`` or ``~/.cache/nnderiv``, else the temporary directory), named by
@@ -92,12 +94,14 @@ LINES = {
 }
 
 
-def render(kernel: codegen.Kernel, name: str) -> str:
-    """The Numba loop over the points running ``kernel``'s statements, an argument per row."""
+def render(kernel: codegen.Kernel, name: str, options: str = "OPTIONS") -> str:
+    """The Numba loop over the points running ``kernel``'s statements, an argument per row, compiled
+    with the module's jit ``options`` (``OPTIONS``: exact IEEE arithmetic; ``FUSED_OPTIONS``: with
+    contracted multiply-adds)."""
     counts = ["counts"] if any(statement[0] == "count" for statement in kernel.body) else []
     arrays = {**kernel.inputs, **kernel.outputs}
     arguments = counts + [f"{array}_{row}" for array, rows in arrays.items() for row in rows]
-    header = f"@numba.njit(pipeline_class=NoAliasCompiler, **OPTIONS)\ndef {name}(n, {', '.join(arguments)}):"
+    header = f"@numba.njit(pipeline_class=NoAliasCompiler, **{options})\ndef {name}(n, {', '.join(arguments)}):"
     body = [f"        {codegen.line(statement, LINES)}" for statement in kernel.body]
     return "\n".join([header, "    for i in range(n):", *body]) + "\n"
 
@@ -134,7 +138,7 @@ def tanh_forward_source(table, order: int, dtype, saving: bool = False) -> str:
     kernel = codegen.composition(table, order, tanh_coefficients(order + saving, dtype))
     if saving:
         kernel = codegen.saving(kernel, order + 1)
-    return render(kernel, f"_tanh_forward{'_saving' * saving}_rows_{np.dtype(dtype).name}")
+    return render(kernel, f"_tanh_forward{'_saving' * saving}_rows_{np.dtype(dtype).name}", "FUSED_OPTIONS")
 
 
 def module_source(table, order: int) -> str:
@@ -149,6 +153,7 @@ from nnderiv.backends.numba_activations import tanh_sech2
 from nnderiv.backends.numba_codegen import NoAliasCompiler
 
 OPTIONS = dict(fastmath=False, cache=True, nogil=True, error_model="numpy")
+FUSED_OPTIONS = dict(OPTIONS, fastmath={{"contract"}})
 
 
 {forward_source(table, order)}
@@ -176,8 +181,8 @@ def tanh_forward(table, order: int, z, out, a=None) -> None:
 
 def backward(table, order: int, out_bar, z, a, stack_bar) -> None:
     """The pullback of :func:`forward` into ``stack_bar``; ``a`` holds orders ``0 .. order + 1``."""
-    counts = np.arange(order + 2).astype(z.dtype)  # (j + 1) in the dtype of the stack
-    kernels(table, order)._backward_rows(z.shape[1], counts, *a[1 : order + 2], *z[1:], *out_bar, *stack_bar)
+    counts = [np.arange(order + 2).astype(z.dtype)] if order else []  # (j + 1) in the dtype of the stack
+    kernels(table, order)._backward_rows(z.shape[1], *counts, *a[1 : order + 2], *z[1:], *out_bar, *stack_bar)
 
 
 def cache_directory() -> Path:
