@@ -57,6 +57,11 @@ def _placement_message(backend_on_device: bool) -> str:
     )
 
 
+def add_bias(z, b):
+    """``z += b`` in place for ``z`` ``(N, width)`` and ``b`` ``(width,)``; returns ``z``."""
+    return backends.active().add_bias(z, b)
+
+
 def affine_weight_grad(stack, z_bar):
     """``sum over rows and points of stack^T @ z_bar``: the weight cotangent, one product."""
     return backends.active().affine_weight_grad(stack, z_bar)

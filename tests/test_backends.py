@@ -236,6 +236,9 @@ def test_kernels_match_the_reference(backend, numba_path, table_name, dtype, rng
     assert_close(module.activation_adjoint(dev(adjoint), dev(a), dev(stack)), want, "activation_adjoint")
     W = rng.normal(size=(7, 3)).astype(dtype)
     assert_close(module.affine(dev(stack), dev(W)), reference.affine(stack, W), "affine")
+    b, z = rng.normal(size=7).astype(dtype), dev(stack[0].copy())
+    assert module.add_bias(z, dev(b)) is z  # in place, one addition per entry: exactly the reference's
+    np.testing.assert_array_equal(host(z), reference.add_bias(stack[0].copy(), b))
     assert_close(
         module.affine_weight_grad(dev(stack), dev(out_bar)), reference.affine_weight_grad(stack, out_bar), "W_bar"
     )

@@ -25,6 +25,7 @@ from ..errors import BackendError
 from . import codegen, cuda_codegen
 from . import numpy_backend as reference
 from .numpy_backend import (  # noqa: F401 (re-exported: the same code on CuPy arrays)
+    add_bias,
     affine,
     affine_weight_grad,
     bilinear,

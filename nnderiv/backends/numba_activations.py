@@ -274,15 +274,21 @@ def fill_block(kind, z, a, order, n, centred):
 
 
 @numba.njit(fastmath=FILL_FASTMATH, cache=True, nogil=True, error_model="numpy")
-def fill_values(kind, z, out):
-    """``out = g(z)`` for tanh (``kind`` 1) or sigmoid (2), 1D: the value alone, written straight
-    into ``out`` (what the fill computes besides, sech^2 or sigma', is never formed)."""
-    if kind == 1:
+def fill_low(kind, z, value, slope, order):
+    """``value = g(z)`` and, for ``order`` 1, ``slope = g'(z)``, for tanh (``kind`` 1) or sigmoid
+    (2), 1D: written straight into the rows, no block buffer (what is not asked for is never formed)."""
+    if kind == 1 and order == 0:
         for i in range(len(z)):
-            out[i] = tanh_sech2(z[i])[0]
+            value[i] = tanh_sech2(z[i])[0]
+    elif kind == 1:
+        for i in range(len(z)):
+            value[i], slope[i] = tanh_sech2(z[i])
+    elif order == 0:
+        for i in range(len(z)):
+            value[i] = sigmoid_parts(z[i])[0]
     else:
         for i in range(len(z)):
-            out[i] = sigmoid_parts(z[i])[0]
+            value[i], slope[i] = sigmoid_parts(z[i])[:2]
 
 
 @numba.njit(fastmath=FILL_FASTMATH, cache=True, nogil=True, error_model="numpy", inline="always")

@@ -70,6 +70,13 @@ def affine(stack, W):
     return (stack.reshape(rows * n, n_in) @ W).reshape(rows, n, W.shape[1])
 
 
+def add_bias(z, b):
+    """``z += b`` in place, ``b`` ``(width,)`` added to every point of ``z`` ``(N, width)``: the
+    value row of an affine step; returns ``z``."""
+    z += b
+    return z
+
+
 def affine_weight_grad(stack, z_bar):
     """``sum over rows and points of stack^T @ z_bar``: the weight cotangent, ONE product."""
     n_in, n_out = stack.shape[-1], z_bar.shape[-1]

@@ -65,7 +65,7 @@ class SeriesMode:
     def linear(self, stack: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
         """``z = stack @ W`` row by row, plus ``b`` on the value row only."""
         z = kernels.affine(stack, W)
-        z[0] += b
+        kernels.add_bias(z[0], b)
         return z
 
     def linear_vjp(self, stack: np.ndarray, W: np.ndarray, z_bar: np.ndarray):
