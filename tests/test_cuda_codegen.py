@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from backend_checks import CODEGEN_TABLES as TABLES
+from backend_checks import assert_public_calls_match
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import build_model, networks
-from test_backends import assert_public_calls_match
-from test_numba_codegen import TABLES
 
 import nnderiv as nd
 from nnderiv import backends

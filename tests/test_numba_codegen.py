@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+from backend_checks import CODEGEN_TABLES
 
 import nnderiv as nd
 from nnderiv.backends import numba_backend, numba_codegen
@@ -18,20 +19,11 @@ from nnderiv.backends import numpy_backend as reference
 from nnderiv.combinatorics import (
     collapsed_second_order_table,
     directional_table,
-    hessian_vector_table,
     multi_index_table,
 )
 from nnderiv.kernels import taylor_coefficients
 
-TABLES = {
-    "full d=2 K=2": multi_index_table(2, 2),
-    "full d=3 K=3": multi_index_table(3, 3),
-    "full d=1 K=1": multi_index_table(1, 1),
-    "full d=2 K=0": multi_index_table(2, 0),
-    "directional n=3 K=4": directional_table(3, 4),
-    "collapsed n=3, 1 negative": collapsed_second_order_table(3, 1),
-    "hessian-vector d=3": hessian_vector_table(3),
-}
+TABLES = CODEGEN_TABLES
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
