@@ -486,9 +486,11 @@ def _launch(parallel, share, args, size: int, block: int) -> None:
     one share of the blocks per thread), or on the calling thread (``share``) for small work or
     where Numba has one thread (inside :mod:`nnderiv.parallel`'s workers): waking the pool would
     cost more than the work, and workers must not nest."""
-    threads = numba.get_num_threads()
-    n_workers = max(1, min(threads, -(-size // block)))
-    if n_workers == 1 or size < PARALLEL_MIN_ELEMENTS:
+    if size < PARALLEL_MIN_ELEMENTS:  # asked first: numba.get_num_threads() costs microseconds
+        share(*args, 0, 1)
+        return
+    n_workers = max(1, min(numba.get_num_threads(), -(-size // block)))
+    if n_workers == 1:
         share(*args, 0, 1)
     else:
         parallel(*args, n_workers)
