@@ -847,6 +847,28 @@ def blas_throughput(size: int = 2048, tall_rows: int = 40960, width: int = 64) -
     }
 
 
+def peer_gemm_throughput(adapters, tall_rows: int = 40960, width: int = 64) -> dict[str, float]:
+    """GFLOP/s of the tall product of :func:`blas_throughput` under each peer (its own threads,
+    compiled where it compiles): the matrix library a peer's stacked layers run on, next to
+    OpenBLAS's figure for the same shape."""
+    rng = np.random.default_rng(0)
+    tall, w = rng.standard_normal((tall_rows, width)), rng.standard_normal((width, width))
+    found = {}
+    for ad in adapters:
+        if ad.family in found or ad.family == "folx":  # folx runs on JAX's
+            continue
+        a, b = ad.asarray(tall), ad.asarray(w)
+        product = ad.compile(lambda a, b: a @ b)
+        ad.ready(product(a, b))
+        times = []
+        for _ in range(20):
+            start = time.perf_counter()
+            ad.ready(product(a, b))
+            times.append(time.perf_counter() - start)
+        found[ad.family] = 2 * tall_rows * width * width / min(times) / 1e9
+    return found
+
+
 # --------------------------------------------------------------------------------------------
 # the report
 
@@ -931,16 +953,33 @@ def blas_peak(blas: dict, gemm: dict) -> float:
     return one_thread if one_thread and gemm.get("threads", 1) > 1 else blas["square_gflops"]
 
 
+def tall_peak(blas: dict, gemm: dict) -> float:
+    """BLAS's throughput on the tall product, the shape of nnderiv's stacked layers, on the threads
+    ``gemm`` ran with (as :func:`blas_peak`): how close the stacked GEMMs come to BLAS's own speed."""
+    one_thread = blas.get("tall_gflops_one_thread")
+    return one_thread if one_thread and gemm.get("threads", 1) > 1 else blas["tall_gflops"]
+
+
+def _peer_gemms(blas: dict) -> str:
+    """``"; the same product under JAX: 90.1"`` (each peer's own threads), or nothing."""
+    peers = blas.get("peer_tall_gflops") or {}
+    return "".join(f"; under {family}: {gflops:.1f}" for family, gflops in peers.items())
+
+
 def format_gemm(entries: list[dict], blas: dict) -> str:
     """Counted GEMM flops of each nnderiv backend, their throughput against the machine's BLAS."""
     peak, peak_1 = blas["square_gflops"], blas.get("square_gflops_one_thread")
+    rows, width = blas["tall_shape"]
     lines = [
         f"BLAS: {peak:.1f} GFLOP/s on a {blas['square_size']}^2 float64 GEMM "
         f"({peak_1 or float('nan'):.1f} on one thread); "
-        f"{blas['tall_gflops']:.1f} GFLOP/s on ({blas['tall_shape'][0]}, 64) x (64, 64). Target: nnderiv's GEMMs "
-        ">= 50% of the square figure (of one thread's, for products on several worker threads: GF/s per thread).",
+        f"{blas['tall_gflops']:.1f} GFLOP/s on ({rows}, {width}) x ({width}, {width}) "
+        f"({blas.get('tall_gflops_one_thread') or float('nan'):.1f} on one thread){_peer_gemms(blas)}. "
+        "Target: nnderiv's GEMMs >= 50% of the square figure (of one thread's, for products on several "
+        "worker threads: GF/s per thread).",
         f"{'workload':<12} {'d':>3} {'backend':<8} {'rows':>6} {'GFLOP':>7} {'GEMM ms':>8} {'threads':>7} "
-        f"{'GEMM GF/s':>9} {'of BLAS':>7} {'overall GF/s':>12} {'GEMM share':>10}  target  strategy (nd.explain)",
+        f"{'GEMM GF/s':>9} {'of BLAS':>7} {'of tall':>7} {'overall GF/s':>12} {'GEMM share':>10}  target  "
+        "strategy (nd.explain)",
     ]
     for e in entries:
         for r in e["methods"]:
@@ -951,6 +990,7 @@ def format_gemm(entries: list[dict], blas: dict) -> str:
                 lines.append(
                     f"{e['workload']:<12} {e['d']:>3} {r['backend']:<8} {g['rows']:>6.1f} {g['flops'] / 1e9:>7.3f} "
                     f"{g['gemm_ms']:>8.2f} {g.get('threads', 1):>7} {g['gemm_gflops']:>9.1f} {of_blas:>7.0%} "
+                    f"{g['gemm_gflops'] / tall_peak(blas, g):>7.0%} "
                     f"{g['overall_gflops']:>12.1f} {g['gemm_share']:>10.0%}  {met:<6}  {_chosen(e.get('strategy'))}"
                 )
     return "\n".join(lines)
@@ -1024,8 +1064,9 @@ def format_markdown(results: dict) -> str:
     table = [f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
     parts = ["\n".join(table + _md_rows(results["table"], backends, families))]
     gemm = [
-        "| workload | d | strategy | rows | threads | GEMM GFLOP/s | of BLAS | overall GFLOP/s | time in GEMMs |",
-        "|" + "---|" * 9,
+        "| workload | d | strategy | rows | threads | GEMM GFLOP/s | of BLAS | of BLAS, tall | overall GFLOP/s "
+        "| time in GEMMs |",
+        "|" + "---|" * 10,
     ]
     for e in results["table"]:
         for r in e["methods"]:
@@ -1034,7 +1075,8 @@ def format_markdown(results: dict) -> str:
                 of_blas = g["gemm_gflops"] / blas_peak(results["blas"], g)
                 gemm.append(
                     f"| {e['workload']} | {e['d']} | {_chosen(e.get('strategy'))} | {g['rows']:.0f} | "
-                    f"{g.get('threads', 1)} | {g['gemm_gflops']:.1f} | {of_blas:.0%}"
+                    f"{g.get('threads', 1)} | {g['gemm_gflops']:.1f} | {of_blas:.0%} | "
+                    f"{g['gemm_gflops'] / tall_peak(results['blas'], g):.0%}"
                     f" | {g['overall_gflops']:.1f} | {g['gemm_share']:.0%} |"
                 )
     parts.append("\n".join(gemm))
@@ -1111,6 +1153,7 @@ def run_benchmark(settings: Settings | None = None, progress: Callable = print) 
             "peers": notes,
             "blas": blas_throughput(settings.blas_size),
         }
+        results["blas"]["peer_tall_gflops"] = peer_gemm_throughput(adapters)
         results.update(settings=vars(settings).copy(), peer_families=[ad.family for ad in adapters])
         progress(f"{results['machine']['cpu']}; peers: {notes}")
         progress(table_header(settings.backends, adapters))

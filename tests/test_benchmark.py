@@ -95,6 +95,25 @@ def test_json_is_written_and_parses(tmp_path):
     assert results["machine"]["avx512f"] in (True, False)
 
 
+def test_the_peers_matrix_library_is_timed_on_the_stacked_layers_shape():
+    """A peer's own product on the tall shape (here NumPy's, behind a peer's adapter), reported
+    beside BLAS's; the GEMM table gives each backend's throughput against both."""
+    from types import SimpleNamespace
+
+    calls = []
+    peer = SimpleNamespace(family="fake", asarray=np.asarray, compile=lambda fn: fn, ready=calls.append)
+    found = bench.peer_gemm_throughput([peer, SimpleNamespace(family="folx")], tall_rows=256, width=8)
+    assert list(found) == ["fake"] and found["fake"] > 0 and len(calls) == 21
+    blas = {"square_size": 8, "square_gflops": 10.0, "square_gflops_one_thread": 5.0, "tall_shape": [256, 8],
+            "tall_gflops": 4.0, "tall_gflops_one_thread": 2.0, "peer_tall_gflops": {"fake": 8.0}}  # fmt: skip
+    gemm = {"rows": 1.0, "flops": 1e9, "gemm_ms": 1.0, "threads": 2, "gemm_gflops": 1.0, "overall_gflops": 1.0,
+            "gemm_share": 0.5}  # fmt: skip
+    entry = {"workload": "W0", "d": 2, "methods": [{"backend": "numba", "gemm": gemm}], "strategy": None}
+    report = bench.format_gemm([entry], blas)
+    assert "(256, 8) x (8, 8) (2.0 on one thread); under fake: 8.0." in report
+    assert report.splitlines()[-1].split()[8:10] == ["20%", "50%"]  # of one thread's square, of its tall
+
+
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax not installed")
 def test_peers_agree_with_nnderiv_on_the_laplacian(tmp_path):
     path = tmp_path / "bench-peers.json"
