@@ -223,6 +223,32 @@ def test_kernels_match_the_reference(backend, numba_path, table_name, dtype, rng
     )
 
 
+@pytest.mark.parametrize("transposed", [False, True])
+def test_numba_runs_a_stacked_product_as_blocks_of_rows_where_blas_is_faster_so(transposed, monkeypatch, rng):
+    """Where OpenBLAS's small-matrix kernels apply, the numba backend hands BLAS a batch of blocks
+    of rows (the remainder in one more call); the product is the reference's to rounding (measured:
+    bit for bit), and a pullback's ``W.T`` gets the same path."""
+    from nnderiv.backends import numba_backend
+
+    monkeypatch.setattr(numba_backend, "_blas_has_small_kernels", lambda: True)
+    calls, matmul = [], np.matmul
+    monkeypatch.setattr(np, "matmul", lambda a, b, **kw: calls.append(a.shape) or matmul(a, b, **kw))
+    stack, W = rng.normal(size=(3, 1001, 64)), rng.normal(size=(64, 64))
+    W = W.T if transposed else W
+    got = numba_backend.affine(stack, W)
+    assert calls == [(12, 240, 64), (123, 64)]  # 3003 rows: 12 blocks of 240, then 123
+    assert_close(got, reference.affine(stack, W), "blocked product")
+    few = np.ascontiguousarray(stack[:, :150])
+    want, whole, one_call = reference.affine(few, W), [], reference.affine
+    monkeypatch.setattr(reference, "affine", lambda a, b: whole.append(a.shape) or one_call(a, b))
+    calls.clear()
+    assert_close(numba_backend.affine(few, W), want, "few rows")
+    assert calls == [] and whole == [(3, 150, 64)]  # under two blocks: the reference's one call
+    monkeypatch.setattr(numba_backend, "SMALL_GEMM_MULADDS", 0)  # the switch: always one call
+    numba_backend.affine(stack, W)
+    assert calls == [] and whole == [(3, 150, 64), (3, 1001, 64)]
+
+
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
 def test_activation_derivatives_match_the_reference(backend, name, rng):
     module, activation = backends.load(backend), ACTIVATIONS[name]
