@@ -121,9 +121,9 @@ def _gemm_block_rows(n_rows: int, n_in: int, n_out: int) -> int:
 
 
 def affine(stack, W):
-    """``stack @ W`` over the last axis: the reference's ONE matrix product on ``(rows * N, n_in)``,
-    handed to BLAS as a batch of blocks of rows where its small-matrix kernels are faster
-    (:data:`SMALL_GEMM_MULADDS`; NumPy's ``matmul`` loops over the batch in C)."""
+    """``stack @ W`` over the last axis: the reference's product on ``(rows * N, n_in)``, as one
+    BLAS call or, where BLAS's small-matrix kernels are faster, one batched ``matmul`` over blocks
+    of rows (:data:`SMALL_GEMM_MULADDS`; NumPy loops over the batch in C, a BLAS call per block)."""
     rows, n, n_in = stack.shape
     n_out = W.shape[1]
     block = _gemm_block_rows(rows * n, n_in, n_out) if stack.dtype == W.dtype == np.float64 else rows * n
@@ -651,6 +651,7 @@ def activate(stack, activation, table, order: int):
 
 def activate_saving(stack, activation, table, order: int):
     """:func:`activate` and what its pullback needs: ``(out, a, powers)``, ``a`` to order ``order + 1``."""
+    # (order 0: the fill to order 1 is one pass already, and its a_0 is the output itself)
     fused = activation.name == "tanh" and FUSED_TANH and 0 < order and table.n_coef <= FUSED_SAVING_MAX_ROWS
     if fused and _straight_line(stack, table, order):  # one pass, no powers kept
         out = np.empty_like(stack, order="C")
