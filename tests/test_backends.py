@@ -249,6 +249,34 @@ def test_numba_runs_a_stacked_product_as_blocks_of_rows_where_blas_is_faster_so(
     assert calls == [] and whole == [(3, 150, 64), (3, 1001, 64)]
 
 
+@settings(deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 4), st.integers(1, 700), st.integers(1, 80), st.integers(1, 80)),
+    transposed=st.booleans(),
+    muladds=st.sampled_from([2**10, 2**14, 10**6]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_blocked_products_of_any_shape_match_the_reference(shape, transposed, muladds, seed):
+    """Any stack and weight shape, blocks forced on and made small: the blocks, the remainder and
+    the fallbacks (one input, under two blocks) give the reference's product to rounding."""
+    from nnderiv.backends import numba_backend
+
+    rows, n, n_in, n_out = shape
+    rng = np.random.default_rng(seed)
+    stack = rng.normal(size=(rows, n, n_in))
+    W = rng.normal(size=(n_out, n_in)).T if transposed else rng.normal(size=(n_in, n_out))
+    names = ("_blas_has_small_kernels", "SMALL_GEMM_MULADDS", "SMALL_GEMM_MIN_ROWS")
+    saved = {name: getattr(numba_backend, name) for name in names}
+    for name, value in zip(names, ((lambda: True), muladds, 16)):
+        setattr(numba_backend, name, value)
+    try:
+        got = numba_backend.affine(stack, W)
+    finally:
+        for name, value in saved.items():
+            setattr(numba_backend, name, value)
+    assert_close(got, reference.affine(stack, W), f"product {shape}")
+
+
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
 def test_activation_derivatives_match_the_reference(backend, name, rng):
     module, activation = backends.load(backend), ACTIVATIONS[name]
