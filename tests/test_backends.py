@@ -254,17 +254,18 @@ def test_numba_runs_a_stacked_product_as_blocks_of_rows_where_blas_is_faster_so(
     shape=st.tuples(st.integers(1, 4), st.integers(1, 700), st.integers(1, 80), st.integers(1, 80)),
     transposed=st.booleans(),
     muladds=st.sampled_from([2**10, 2**14, 10**6]),
+    dtype=st.sampled_from([np.float64, np.float32]),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_blocked_products_of_any_shape_match_the_reference(shape, transposed, muladds, seed):
+def test_blocked_products_of_any_shape_match_the_reference(shape, transposed, muladds, dtype, seed):
     """Any stack and weight shape, blocks forced on and made small: the blocks, the remainder and
     the fallbacks (one input, under two blocks) give the reference's product to rounding."""
     from nnderiv.backends import numba_backend
 
     rows, n, n_in, n_out = shape
     rng = np.random.default_rng(seed)
-    stack = rng.normal(size=(rows, n, n_in))
-    W = rng.normal(size=(n_out, n_in)).T if transposed else rng.normal(size=(n_in, n_out))
+    stack = rng.normal(size=(rows, n, n_in)).astype(dtype)
+    W = (rng.normal(size=(n_out, n_in)).T if transposed else rng.normal(size=(n_in, n_out))).astype(dtype)
     names = ("_blas_has_small_kernels", "SMALL_GEMM_MULADDS", "SMALL_GEMM_MIN_ROWS")
     saved = {name: getattr(numba_backend, name) for name in names}
     for name, value in zip(names, ((lambda: True), muladds, 16)):

@@ -90,11 +90,11 @@ def _kernel(*, parallel: bool):
 
 # --- the affine step -------------------------------------------------------------------------------
 
-#: a stacked float64 product runs as BLAS calls of at most this many multiply-adds each where
-#: NumPy's BLAS is OpenBLAS with its AVX-512 kernels: those take their small-matrix path (no
-#: packing of the operands) up to 10^6 (``dgemm_small_kernel_permit_skylakex.c``), measured
-#: 1.3-1.4x faster on ``(M, 64) x (64, 64)`` than one call over all ``M`` rows (same bits);
-#: elsewhere (other BLAS libraries, OpenBLAS's AVX2 kernels: 3-10% slower so) one call.
+#: a stacked product runs as BLAS calls of at most this many multiply-adds each where NumPy's
+#: BLAS is OpenBLAS with its AVX-512 kernels: those take their small-matrix path (no packing of
+#: the operands) up to 10^6 (``dgemm_small_kernel_permit_skylakex.c``), measured 1.3-1.4x faster
+#: on ``(M, 64) x (64, 64)`` than one call over all ``M`` rows, in float64 and float32 alike (same
+#: bits); elsewhere (other BLAS libraries, OpenBLAS's AVX2 kernels: 3-10% slower so) one call.
 #: ``0``: always one call.
 SMALL_GEMM_MULADDS = 10**6
 #: at least this many rows per call, or one call: below, the calls' own cost would show
@@ -113,7 +113,7 @@ def _blas_has_small_kernels() -> bool:
 
 
 def _gemm_block_rows(n_rows: int, n_in: int, n_out: int) -> int:
-    """Rows per BLAS call of an ``(n_rows, n_in) x (n_in, n_out)`` float64 product (``n_rows``: one call)."""
+    """Rows per BLAS call of an ``(n_rows, n_in) x (n_in, n_out)`` product (``n_rows``: one call)."""
     rows = SMALL_GEMM_MULADDS // (n_in * n_out) // 16 * 16
     if rows < SMALL_GEMM_MIN_ROWS or n_rows < 2 * rows or not _blas_has_small_kernels():
         return n_rows
@@ -126,7 +126,8 @@ def affine(stack, W):
     of rows (:data:`SMALL_GEMM_MULADDS`; NumPy loops over the batch in C, a BLAS call per block)."""
     rows, n, n_in = stack.shape
     n_out = W.shape[1]
-    block = _gemm_block_rows(rows * n, n_in, n_out) if stack.dtype == W.dtype == np.float64 else rows * n
+    floating = stack.dtype == W.dtype and stack.dtype in (np.float32, np.float64)
+    block = _gemm_block_rows(rows * n, n_in, n_out) if floating else rows * n
     if n_in == 1 or block == rows * n or not stack.flags.c_contiguous:
         return reference.affine(stack, W)
     flat, W = stack.reshape(rows * n, n_in), np.ascontiguousarray(W)  # W.T of a pullback: the NN kernel
