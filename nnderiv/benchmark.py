@@ -808,6 +808,7 @@ def thread_settings(settings: Settings) -> dict:
         from .backends import numba_backend
 
         found["malloc_tuned"] = getattr(numba_backend, "MALLOC_TUNED", "n/a")
+        found["gemm_block_rows"] = numba_backend._gemm_block_rows(1 << 30, 64, 64)  # per BLAS call, 64 x 64 layers
     return found
 
 
