@@ -151,9 +151,10 @@ def test_the_source_declares_one_pointer_per_array_and_reads_each_row_once():
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_the_device_source_compiles_with_nvcc_without_warnings(dtype, tmp_path):
+@pytest.mark.parametrize("d, K", [(3, 3), (2, 0)])
+def test_the_device_source_compiles_with_nvcc_without_warnings(d, K, dtype, tmp_path):
     source = tmp_path / "kernels.cu"
-    source.write_text(cuda_codegen.source(multi_index_table(3, 3), 3, dtype))
+    source.write_text(cuda_codegen.source(multi_index_table(d, K), K, dtype))
     options = ["-ptx", *cuda_codegen.NVRTC_OPTIONS, "--Werror", "all-warnings"]
     result = subprocess.run(["nvcc", *options, str(source), "-o", str(tmp_path / "k.ptx")], capture_output=True)
     assert result.returncode == 0, result.stderr.decode()
