@@ -211,7 +211,8 @@ class Sequential(Layer):
         for i in reversed(range(len(self.layers))):
             stack_bar, layer_grads = self.layers[i].backward(mode, saved[i], stack_bar)
             grads.update({f"{i}.{name}": g for name, g in layer_grads.items()})
-        return stack_bar, dict(sorted(grads.items(), key=lambda item: list(self.params).index(item[0])))
+        position = {name: i for i, name in enumerate(self.params)}  # the order of model.params
+        return stack_bar, dict(sorted(grads.items(), key=lambda item: position[item[0]]))
 
     def __call__(self, x) -> np.ndarray:
         """The network's value at ``x`` of shape ``(N, n_inputs)``: an array ``(N, n_outputs)``."""
