@@ -218,6 +218,8 @@ def test_kernels_match_the_reference(backend, numba_path, table_name, dtype, rng
     b, z = rng.normal(size=7).astype(dtype), dev(stack[0].copy())
     assert module.add_bias(z, dev(b)) is z  # in place, one addition per entry: exactly the reference's
     np.testing.assert_array_equal(host(z), reference.add_bias(stack[0].copy(), b))
+    with pytest.raises(ValueError):  # a bias of the wrong width is never read past its end
+        module.add_bias(z, dev(b[:3]))
     assert_close(
         module.affine_weight_grad(dev(stack), dev(out_bar)), reference.affine_weight_grad(stack, out_bar), "W_bar"
     )

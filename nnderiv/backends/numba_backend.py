@@ -162,8 +162,13 @@ def _add_bias(z, b, block, n_workers):
 def add_bias(z, b):
     """``z += b`` in place over the points of ``z`` ``(N, width)``: one compiled pass (NumPy's
     broadcast loop, restarted every ``width`` elements, takes 3x longer at width 64)."""
-    if z.dtype not in (np.float32, np.float64) or b.dtype != z.dtype or not z.flags.c_contiguous:
-        return reference.add_bias(z, b)
+    if (
+        z.dtype not in (np.float32, np.float64)
+        or b.dtype != z.dtype
+        or b.shape != z.shape[1:]
+        or not z.flags.c_contiguous
+    ):
+        return reference.add_bias(z, b)  # (the reference also says what is wrong with a bias of the wrong shape)
     block = max(1, BUFFER_ELEMENTS // max(z.shape[1], 1))
     _launch(_add_bias, _add_bias_share, (z, b, block), z.size, block * z.shape[1])
     return z
