@@ -812,6 +812,17 @@ def thread_settings(settings: Settings) -> dict:
     return found
 
 
+def _best_seconds(fn: Callable, runs: int) -> float:
+    """The fastest of ``runs`` calls of ``fn``, after one untimed call."""
+    fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
 def blas_throughput(size: int = 2048, tall_rows: int = 40960, width: int = 64) -> dict:
     """GFLOP/s of a large square float64 GEMM (the machine's BLAS) and of one tall-skinny product
     ``(tall_rows, width) x (width, width)``, the shape of nnderiv's stacked layers (10 rows x 4096),
@@ -822,18 +833,9 @@ def blas_throughput(size: int = 2048, tall_rows: int = 40960, width: int = 64) -
     a, b = rng.standard_normal((size, size)), rng.standard_normal((size, size))
     tall, w = rng.standard_normal((tall_rows, width)), rng.standard_normal((width, width))
 
-    def best(fn, runs):
-        fn()
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return min(times)
-
     def measure():
-        square = 2 * size**3 / best(lambda: a @ b, 3) / 1e9
-        return square, 2 * tall_rows * width * width / best(lambda: tall @ w, 20) / 1e9
+        square = 2 * size**3 / _best_seconds(lambda: a @ b, 3) / 1e9
+        return square, 2 * tall_rows * width * width / _best_seconds(lambda: tall @ w, 20) / 1e9
 
     square, skinny = measure()
     with threadpool_limits(1, user_api="blas"):
@@ -848,6 +850,12 @@ def blas_throughput(size: int = 2048, tall_rows: int = 40960, width: int = 64) -
     }
 
 
+def _peer_product_seconds(ad, a, b) -> float:
+    """The fastest of 20 products ``a @ b`` on peer ``ad``'s arrays (compiled where it compiles)."""
+    a, b, product = ad.asarray(a), ad.asarray(b), ad.compile(lambda a, b: a @ b)
+    return _best_seconds(lambda: ad.ready(product(a, b)), 20)
+
+
 def peer_gemm_throughput(adapters, tall_rows: int = 40960, width: int = 64) -> dict[str, float]:
     """GFLOP/s of the tall product of :func:`blas_throughput` under each peer (its own threads,
     compiled where it compiles): the matrix library a peer's stacked layers run on, next to
@@ -858,15 +866,7 @@ def peer_gemm_throughput(adapters, tall_rows: int = 40960, width: int = 64) -> d
     for ad in adapters:
         if ad.family in found or ad.family == "folx":  # folx runs on JAX's
             continue
-        a, b = ad.asarray(tall), ad.asarray(w)
-        product = ad.compile(lambda a, b: a @ b)
-        ad.ready(product(a, b))
-        times = []
-        for _ in range(20):
-            start = time.perf_counter()
-            ad.ready(product(a, b))
-            times.append(time.perf_counter() - start)
-        found[ad.family] = 2 * tall_rows * width * width / min(times) / 1e9
+        found[ad.family] = 2 * tall_rows * width * width / _peer_product_seconds(ad, tall, w) / 1e9
     return found
 
 
@@ -947,18 +947,12 @@ def format_details(entries: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def blas_peak(blas: dict, gemm: dict) -> float:
-    """The square-GEMM throughput to compare ``gemm`` with: one-thread BLAS where the products ran
-    on several worker threads (each on one BLAS thread), else BLAS with its own threads."""
-    one_thread = blas.get("square_gflops_one_thread")
-    return one_thread if one_thread and gemm.get("threads", 1) > 1 else blas["square_gflops"]
-
-
-def tall_peak(blas: dict, gemm: dict) -> float:
-    """BLAS's throughput on the tall product, the shape of nnderiv's stacked layers, on the threads
-    ``gemm`` ran with (as :func:`blas_peak`): how close the stacked GEMMs come to BLAS's own speed."""
-    one_thread = blas.get("tall_gflops_one_thread")
-    return one_thread if one_thread and gemm.get("threads", 1) > 1 else blas["tall_gflops"]
+def blas_peak(blas: dict, gemm: dict, product: str = "square") -> float:
+    """BLAS's throughput on the ``"square"`` GEMM (or the ``"tall"`` product, the shape of the
+    stacked layers) to compare ``gemm`` with: on one thread where the products ran on several
+    worker threads (each on one BLAS thread), else with BLAS's own threads."""
+    one_thread = blas.get(f"{product}_gflops_one_thread")
+    return one_thread if one_thread and gemm.get("threads", 1) > 1 else blas[f"{product}_gflops"]
 
 
 def _peer_gemms(blas: dict) -> str:
@@ -991,7 +985,7 @@ def format_gemm(entries: list[dict], blas: dict) -> str:
                 lines.append(
                     f"{e['workload']:<12} {e['d']:>3} {r['backend']:<8} {g['rows']:>6.1f} {g['flops'] / 1e9:>7.3f} "
                     f"{g['gemm_ms']:>8.2f} {g.get('threads', 1):>7} {g['gemm_gflops']:>9.1f} {of_blas:>7.0%} "
-                    f"{g['gemm_gflops'] / tall_peak(blas, g):>7.0%} "
+                    f"{g['gemm_gflops'] / blas_peak(blas, g, 'tall'):>7.0%} "
                     f"{g['overall_gflops']:>12.1f} {g['gemm_share']:>10.0%}  {met:<6}  {_chosen(e.get('strategy'))}"
                 )
     return "\n".join(lines)
@@ -1077,7 +1071,7 @@ def format_markdown(results: dict) -> str:
                 gemm.append(
                     f"| {e['workload']} | {e['d']} | {_chosen(e.get('strategy'))} | {g['rows']:.0f} | "
                     f"{g.get('threads', 1)} | {g['gemm_gflops']:.1f} | {of_blas:.0%} | "
-                    f"{g['gemm_gflops'] / tall_peak(results['blas'], g):.0%}"
+                    f"{g['gemm_gflops'] / blas_peak(results['blas'], g, 'tall'):.0%}"
                     f" | {g['overall_gflops']:.1f} | {g['gemm_share']:.0%} |"
                 )
     parts.append("\n".join(gemm))
