@@ -251,6 +251,27 @@ def test_numba_runs_a_stacked_product_as_blocks_of_rows_where_blas_is_faster_so(
     assert calls == [] and whole == [(3, 150, 64), (3, 1001, 64)]
 
 
+def test_numba_fills_values_and_slopes_and_adds_biases_in_its_own_kernels(monkeypatch, rng):
+    """Values (order 0) and a reverse sweep's ``g, g'`` (order 1) of tanh and sigmoid go straight
+    into their rows by ``fill_low``, not by NumPy's ufuncs; the bias by the compiled pass."""
+    from nnderiv.backends import numba_backend
+
+    calls = []
+    for name in ("_fill_low_share", "_add_bias_share"):
+        kernel = getattr(numba_backend, name)
+        monkeypatch.setattr(numba_backend, name, lambda *args, k=kernel, n=name: calls.append(n) or k(*args))
+    table, stack = multi_index_table(2, 0), rng.normal(size=(1, 50, 8))
+    for name in ("tanh", "sigmoid"):
+        activation = nd.get_activation(name)
+        want = reference.activate(stack, activation, table, 0)
+        assert_close(numba_backend.activate(stack, activation, table, 0), want, name)
+        out, a, _ = numba_backend.activate_saving(stack, activation, table, 0)
+        assert_close(out, want, f"{name} kept for a pullback")
+        assert_close(a, reference.taylor_coefficients(activation, stack[0], 1), f"{name} g, g'")
+    numba_backend.add_bias(stack[0], rng.normal(size=8))
+    assert calls == ["_fill_low_share"] * 4 + ["_add_bias_share"]
+
+
 @settings(deadline=None)
 @given(
     shape=st.tuples(st.integers(1, 4), st.integers(1, 700), st.integers(1, 80), st.integers(1, 80)),
