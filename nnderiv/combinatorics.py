@@ -106,8 +106,10 @@ class SeriesTable:
     The modes differ only by their table (:mod:`nnderiv.modes.series`).
     """
 
-    def __init__(self, degrees, pairs, description: str = "truncated series"):
+    def __init__(self, degrees, pairs, description: str = "truncated series", n_directions: int | None = None):
         self.description = description  # for nnderiv.explain
+        #: Taylor mode's count of directions (:func:`directional_table`), ``None`` for other tables
+        self.n_directions = n_directions
         self.degrees = np.asarray(degrees, dtype=np.intp)
         self.order = int(self.degrees[-1])
         self._pairs = np.asarray(pairs, dtype=np.intp).reshape(-1, 3)
@@ -200,7 +202,7 @@ def directional_table(n_dir: int, order: int) -> SeriesTable:
         for k1 in range(1, order)
         for k2 in range(1, order - k1 + 1)
     ]
-    return SeriesTable(degrees, pairs, f"Taylor mode, {order} coefficients along {n_dir} directions")
+    return SeriesTable(degrees, pairs, f"Taylor mode, {order} coefficients along {n_dir} directions", n_dir)
 
 
 @cache

@@ -35,7 +35,6 @@ def test_straight_line_kernels_equal_the_reference_bit_for_bit(table_name, dtype
     out_bar = rng.normal(size=stack.shape).astype(dtype)
     a = taylor_coefficients(nd.get_activation("tanh"), stack[0], K + 1)
     want, powers = reference.compose_saving(stack, a, table, K)
-    flat = lambda array: array.reshape(len(array), -1)  # noqa: E731
     got, got_bar = np.empty_like(stack), np.empty_like(stack)
     numba_codegen.forward(table, K, flat(a), flat(stack), flat(got))
     np.testing.assert_array_equal(got, want)
@@ -104,35 +103,73 @@ def test_a_table_gets_one_module_named_by_its_source(monkeypatch, tmp_path):
     assert "Taylor mode" in module.__doc__
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("table_name", ["full d=3 K=3", "directional n=3 K=4", "full d=1 K=1", "full d=2 K=0"])
-def test_the_fused_tanh_step_composes_its_own_coefficients_which_are_the_fills(table_name, dtype, rng):
-    """One pass computing tanh's coefficients in registers and composing: its coefficients are the
-    Numba fill's formulas (within 8 ulp of a row's largest), and its output is the composition of
-    exactly those coefficients, with multiply-adds contracted: within a rounding per operation of
-    the sum of the terms' magnitudes (the composition of ``|a|`` and ``|z|``)."""
-    table = TABLES[table_name]
-    K = table.order
-    stack = rng.normal(size=(table.n_coef, 257, 5)).astype(dtype)
+def _stack_for_tanh(table, dtype, rng, points=257):
+    stack = rng.normal(size=(table.n_coef, points, 5)).astype(dtype)
     stack[0] *= 3.0
     stack[0, :4, 0] = [0.0, 30.0, -500.0, np.nan]
-    flat = lambda array: array.reshape(len(array), -1)  # noqa: E731
+    return stack
+
+
+def flat(array):
+    return array.reshape(len(array), -1)
+
+
+def assert_fused_tanh_step(table, stack, run) -> None:
+    """``run(z, out, a)`` (``a=None``: not kept) is tanh's activation step on ``table``: its
+    coefficients are the Numba fill's formulas (within 8 ulp of a row's largest), and its output is
+    the composition of exactly those coefficients with multiply-adds contracted: within a rounding
+    per operation of the sum of the terms' magnitudes (the composition of ``|a|`` and ``|z|``);
+    the same without keeping the coefficients."""
+    K, dtype = table.order, stack.dtype
     out, a = np.empty_like(stack), np.empty((K + 2, *stack.shape[1:]), dtype=dtype)
-    numba_codegen.tanh_forward(table, K, flat(stack), flat(out), flat(a))
+    run(flat(stack), flat(out), flat(a))
     want_a = numba_backend.taylor_coefficients(nd.get_activation("tanh"), stack[0], K + 1)
     np.testing.assert_array_equal(np.isnan(a), np.isnan(want_a))
     finite = np.isfinite(want_a)
     scale = np.where(finite, np.maximum(np.abs(a), np.abs(want_a)), 0).max(axis=(1, 2), keepdims=True)
     assert (np.abs(a - want_a)[finite] <= 8 * np.broadcast_to(np.spacing(scale), a.shape)[finite]).all()
-    composed, magnitude = np.empty_like(stack), np.empty_like(stack)
-    numba_codegen.forward(table, K, flat(a), flat(stack), flat(composed))
-    numba_codegen.forward(table, K, flat(np.abs(a)), flat(np.abs(stack)), flat(magnitude))
+    composed, magnitude = reference.compose(stack, a, table, K), reference.compose(np.abs(stack), np.abs(a), table, K)
     operations = 4 * (K + 2)  # the longest chain of roundings of one output entry, with margin
     error, bound = np.abs(out - composed), operations * np.finfo(dtype).eps * magnitude
     assert (np.isnan(out) == np.isnan(composed)).all() and (error[~np.isnan(out)] <= bound[~np.isnan(out)]).all()
     alone = np.empty_like(stack)
-    numba_codegen.tanh_forward(table, K, flat(stack), flat(alone))
+    run(flat(stack), flat(alone), None)
     np.testing.assert_array_equal(alone, out)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("table_name", ["full d=3 K=3", "directional n=3 K=4", "full d=1 K=1", "full d=2 K=0"])
+def test_the_fused_tanh_step_composes_its_own_coefficients_which_are_the_fills(table_name, dtype, rng):
+    """One pass computing tanh's coefficients in registers and composing them."""
+    table = TABLES[table_name]
+    assert_fused_tanh_step(
+        table,
+        _stack_for_tanh(table, dtype, rng),
+        lambda z, out, a: numba_codegen.tanh_forward(table, table.order, z, out, a),
+    )
+
+
+#: Taylor mode by direction: few and many directions (33 of order 4: 133 rows, beyond MAX_ROWS),
+#: order 1 (one row per direction) to 6
+BY_DIRECTION = [(2, 1), (2, 3), (5, 6), (33, 4)]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize(("n_dir", "K"), BY_DIRECTION)
+def test_taylor_mode_by_direction_equals_the_reference(n_dir, K, dtype, rng, monkeypatch):
+    """The kernels of one direction, run direction by direction in blocks of columns (here 64, so
+    that the 257 x 5 columns end in a partial block): the composition with given coefficients is
+    the reference's bit for bit (the same products in the same order), the fused tanh step passes
+    :func:`assert_fused_tanh_step`."""
+    monkeypatch.setattr(numba_codegen, "DIRECTION_BLOCK", 64)
+    table = directional_table(n_dir, K)
+    assert numba_codegen.supports(table, K) == (table.n_coef <= numba_codegen.MAX_ROWS)
+    stack = _stack_for_tanh(table, dtype, rng)
+    a = taylor_coefficients(nd.get_activation("sin"), stack[0], K)
+    got = np.empty_like(stack)
+    numba_codegen.taylor_forward(K, flat(a), flat(stack), flat(got))
+    np.testing.assert_array_equal(got, reference.compose(stack, a, table, K))
+    assert_fused_tanh_step(table, stack, lambda z, out, a: numba_codegen.tanh_taylor_forward(K, z, out, a))
 
 
 def test_the_backend_runs_the_fused_tanh_step_on_straight_line_tables(monkeypatch, rng):
@@ -154,3 +191,52 @@ def test_the_backend_runs_the_fused_tanh_step_on_straight_line_tables(monkeypatc
     monkeypatch.setattr(numba_backend, "FUSED_TANH", False)  # the switch: fill, then composition
     np.testing.assert_allclose(numba_backend.activate(stack, tanh, table, 2), want[0], rtol=1e-13, atol=1e-15)
     assert calls == [4, 5]
+
+
+def test_the_backend_runs_taylor_mode_by_direction_from_enough_rows(monkeypatch, rng):
+    monkeypatch.setattr(numba_backend, "STRAIGHT_LINE_MIN_ELEMENTS", 0)
+    calls = []
+    for name in ("tanh_taylor_forward", "taylor_forward"):
+        real = getattr(numba_codegen, name)
+        monkeypatch.setattr(numba_codegen, name, lambda *args, real=real, name=name: calls.append(name) or real(*args))
+    tanh, sin = nd.get_activation("tanh"), nd.get_activation("sin")
+    close = lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-14)  # noqa: E731
+    table = directional_table(6, 3)
+    assert table.n_coef == numba_backend.DIRECTIONS_MIN_ROWS
+    stack = rng.normal(size=(table.n_coef, 40, 3))
+    want = reference.activate_saving(stack, tanh, table, 3)
+    close(numba_backend.activate(stack, tanh, table, 3), want[0])
+    out, a, powers = numba_backend.activate_saving(stack, tanh, table, 3)
+    assert calls == ["tanh_taylor_forward"] * 2 and powers.shape[0] == 0
+    close(out, want[0])
+    close(a, want[1])
+    out_bar = rng.normal(size=stack.shape)  # the pullback: the table's straight-line kernel
+    want_bar = reference.compose_vjp(out_bar, stack, want[2], want[1], table, 3)
+    close(numba_backend.compose_vjp(out_bar, stack, powers, a, table, 3), want_bar)
+    a = taylor_coefficients(sin, stack[0], 4)  # given coefficients: the reference's bits
+    np.testing.assert_array_equal(numba_backend.compose(stack, a, table, 3), reference.compose(stack, a, table, 3))
+    out, powers = numba_backend.compose_saving(stack, a, table, 3)
+    np.testing.assert_array_equal(out, reference.compose(stack, a, table, 3))
+    assert calls[2:] == ["taylor_forward"] * 2 and powers.shape[0] == 0
+    close(numba_backend.activate(stack, sin, table, 3), reference.activate(stack, sin, table, 3))
+    assert calls[4:] == ["taylor_forward"]
+
+    calls.clear()  # fewer rows: the table's own straight-line kernel
+    small = directional_table(2, 3)
+    stack = rng.normal(size=(small.n_coef, 40, 3))
+    close(numba_backend.activate(stack, tanh, small, 3), reference.activate(stack, tanh, small, 3))
+    assert calls == []
+
+    big = directional_table(24, 3)  # beyond straight-line kernels: by direction, but kept for a pullback generically
+    assert not numba_codegen.supports(big, 3)
+    stack = rng.normal(size=(big.n_coef, 40, 3))
+    want = reference.activate_saving(stack, tanh, big, 3)
+    close(numba_backend.activate(stack, tanh, big, 3), want[0])
+    out, a, powers = numba_backend.activate_saving(stack, tanh, big, 3)
+    assert calls == ["tanh_taylor_forward"] and powers.shape[0] == 2
+    close(out, want[0])
+    out_bar = rng.normal(size=stack.shape)
+    close(
+        numba_backend.compose_vjp(out_bar, stack, powers, a, big, 3),
+        reference.compose_vjp(out_bar, stack, want[2], want[1], big, 3),
+    )

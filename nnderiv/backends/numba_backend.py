@@ -67,6 +67,12 @@ STRAIGHT_LINE_MIN_ELEMENTS = 1 << 15
 #: on straight-line tables, tanh's activation step is one generated pass computing its coefficients
 #: in registers (``False``: the fill, then the straight-line composition)
 FUSED_TANH = True
+#: Taylor-mode tables (:func:`~nnderiv.combinatorics.directional_table`) of at least this many rows
+#: run one direction at a time (:func:`~nnderiv.backends.numba_codegen.taylor_driver_source`): one
+#: small kernel per order, whatever the number of directions; a straight-line kernel over all
+#: rows keeps dozens of row pointers and partial sums in too few registers (measured at 128-1024
+#: x 64 points: 0.65x the time at 25 rows, 0.5x at 33, 0.25x at 49, 0.1x at 65; 1.0-1.4x at 5-17)
+DIRECTIONS_MIN_ROWS = 19
 #: tanh's activation step kept for a pullback is one pass (coefficients and composition) up to this
 #: many rows; beyond, its R + K + 2 output rows made it slower than the fill and the composition
 #: apart (measured at 1024 x 64 points: 0.6x the time at 6 rows, 1.0x at 25, 1.2x at 33 and 45)
@@ -591,6 +597,25 @@ def _straight_line(stack, table, order: int) -> bool:
     )
 
 
+def _by_direction(stack, table, order: int) -> bool:
+    """Whether the activation step on ``stack`` runs Taylor mode's kernels of one direction
+    (:data:`DIRECTIONS_MIN_ROWS`); no row limit: their size does not grow with the directions."""
+    return (
+        order >= 1
+        and (table.n_directions or 0) >= 2
+        and table.n_coef >= DIRECTIONS_MIN_ROWS
+        and stack.size >= STRAIGHT_LINE_MIN_ELEMENTS
+        and stack.dtype in (np.float32, np.float64)
+    )
+
+
+def _by_direction_forward(stack, a, order: int):
+    """The activation step of Taylor mode with coefficients ``a``, one direction at a time."""
+    out = np.empty_like(stack, order="C")
+    numba_codegen.taylor_forward(order, _flat(a), _flat(stack), _flat(out))  # on this thread: see nnderiv.parallel
+    return out
+
+
 def _straight_line_forward(stack, a, table, order: int):
     """The activation step by the table's straight-line kernel (coefficients ``a``)."""
     out = np.empty_like(stack, order="C")
@@ -600,6 +625,8 @@ def _straight_line_forward(stack, a, table, order: int):
 
 def compose(stack, a, table, order: int):
     """``a_0`` on row 0, ``sum_j a_j delta^j`` elsewhere: one fused pass, no power kept."""
+    if _by_direction(stack, table, order):
+        return _by_direction_forward(stack, a, order)
     if order > 0 and _straight_line(stack, table, order):  # order 0 is a_0 itself: no pass at all
         return _straight_line_forward(stack, a, table, order)
     if order <= 1:  # one multiplication, nothing to fuse: NumPy streams it as fast
@@ -610,7 +637,9 @@ def compose(stack, a, table, order: int):
 def compose_saving(stack, a, table, order: int):
     """:func:`compose` and the powers ``delta^2 .. delta^K`` (written in the same pass); none for
     the straight-line kernels, whose pullback recomputes them in registers."""
-    if order > 0 and _straight_line(stack, table, order):
+    if order > 0 and _straight_line(stack, table, order):  # (so the pullback's kernel exists)
+        if _by_direction(stack, table, order):
+            return _by_direction_forward(stack, a, order), _no_powers(stack)
         return _straight_line_forward(stack, a, table, order), _no_powers(stack)
     if order <= 1:
         return reference.compose_saving(stack, a, table, order)
@@ -646,6 +675,12 @@ def activate(stack, activation, table, order: int):
         return taylor_coefficients(activation, stack[0], 0)
     if kind == 0 or stack.dtype not in (np.float32, np.float64):
         return compose(stack, taylor_coefficients(activation, stack[0], order), table, order)
+    if _by_direction(stack, table, order):
+        if activation.name != "tanh" or not FUSED_TANH:
+            return _by_direction_forward(stack, taylor_coefficients(activation, stack[0], order), order)
+        out = np.empty_like(stack, order="C")
+        numba_codegen.tanh_taylor_forward(order, _flat(stack), _flat(out))
+        return out
     if _straight_line(stack, table, order):
         if activation.name == "tanh" and FUSED_TANH:  # the coefficients in registers too: one pass
             out = np.empty_like(stack, order="C")
@@ -658,7 +693,13 @@ def activate(stack, activation, table, order: int):
 def activate_saving(stack, activation, table, order: int):
     """:func:`activate` and what its pullback needs: ``(out, a, powers)``, ``a`` to order ``order + 1``."""
     # (order 0: the fill to order 1 is one pass already, and its a_0 is the output itself)
-    fused = activation.name == "tanh" and FUSED_TANH and 0 < order and table.n_coef <= FUSED_SAVING_MAX_ROWS
+    tanh = activation.name == "tanh" and FUSED_TANH and 0 < order
+    if tanh and _straight_line(stack, table, order) and _by_direction(stack, table, order):
+        out = np.empty_like(stack, order="C")
+        a = np.empty((order + 2, *stack.shape[1:]), dtype=stack.dtype)
+        numba_codegen.tanh_taylor_forward(order, _flat(stack), _flat(out), _flat(a))
+        return out, a, _no_powers(stack)
+    fused = tanh and table.n_coef <= FUSED_SAVING_MAX_ROWS
     if fused and _straight_line(stack, table, order):  # one pass, no powers kept
         out = np.empty_like(stack, order="C")
         a = np.empty((order + 2, *stack.shape[1:]), dtype=stack.dtype)

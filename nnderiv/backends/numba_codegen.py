@@ -67,6 +67,7 @@ from pathlib import Path
 import numpy as np
 from numba.core.compiler import Compiler
 
+from ..combinatorics import directional_table
 from . import codegen
 from .codegen import MAX_PRODUCTS, MAX_ROWS, supports  # noqa: F401 (this backend's limits)
 
@@ -141,9 +142,63 @@ def tanh_forward_source(table, order: int, dtype, saving: bool = False) -> str:
     return render(kernel, f"_tanh_forward{'_saving' * saving}_rows_{np.dtype(dtype).name}", "FUSED_OPTIONS")
 
 
+def direction_kernel(order: int) -> codegen.Kernel:
+    """The composition of ONE direction of Taylor mode, rows ``1 .. order``, without the value row
+    (written once for all directions by :func:`taylor_driver_source`'s first direction)."""
+    kernel = codegen.composition(directional_table(1, order), order)
+    body = [statement for statement in kernel.body if statement[:3] != ("store", "OUT", 0)]
+    return kernel._replace(body=body, outputs={"OUT": range(1, order + 1)})
+
+
+def _direction_rows(array: str, order: int) -> str:
+    """Arguments: the rows of orders ``1 .. order`` along direction ``r`` of ``array``, columns ``s:e``."""
+    return ", ".join(f"{array}[1 + {k} * n_dir + r, s:e]" for k in range(order))
+
+
+def taylor_driver_source(order: int) -> str:
+    """Taylor mode along any number of directions, from the kernels of one direction (the module
+    of ``directional_table(1, order)``), block by block of ``block`` columns.
+
+    ``_tanh_taylor_rows_<dtype>``: the first direction by the fused tanh kernel, which also stores
+    the coefficients ``a_0 .. a_{order+1}`` (into ``a``'s own columns if ``keep``, else into its
+    first ``block`` columns, as scratch), then the other directions by :func:`direction_kernel`
+    reading them (contracted, as the fused kernel). ``_taylor_rows``: the coefficients ``a`` given
+    (any activation), exact IEEE arithmetic, the value row copied."""
+    z, out = _direction_rows("z", order), _direction_rows("out", order)
+    coefficients = ", ".join(f"a[{j}, t:u]" for j in range(order + 1))
+    first = f"z[0, s:e], {z}, out[0, s:e], {out}, {coefficients}, a[{order + 1}, t:u]"
+    drivers = [
+        f"""@numba.njit(**FUSED_OPTIONS)
+def _tanh_taylor_rows_{name}(z, out, a, keep, n_dir, block):
+    for s in range(0, z.shape[1], block):
+        e = min(s + block, z.shape[1])
+        t = s if keep else 0
+        u = t + e - s
+        r = 0
+        _tanh_forward_saving_rows_{name}(e - s, {first})
+        for r in range(1, n_dir):
+            _direction_rows_fused(e - s, {coefficients}, {z}, {out})
+"""
+        for name in (np.dtype(dtype).name for dtype in FLOATS)
+    ]
+    given = coefficients.replace("t:u", "s:e")
+    drivers.append(f"""@numba.njit(**OPTIONS)
+def _taylor_rows(a, z, out, n_dir, block):
+    for s in range(0, z.shape[1], block):
+        e = min(s + block, z.shape[1])
+        for r in range(n_dir):
+            _direction_rows(e - s, {given}, {z}, {out})
+    out[0, :] = a[0, :]
+""")
+    return "\n".join(drivers)
+
+
 def module_source(table, order: int) -> str:
     """The generated module: the loops (called with one array per row, see :func:`forward`)."""
     tanh = [tanh_forward_source(table, order, dtype, saving) for dtype in FLOATS for saving in (False, True)]
+    if table.n_directions == 1:  # Taylor mode's building block: the kernels of one direction and their drivers
+        tanh += [render(direction_kernel(order), "_direction_rows_fused", "FUSED_OPTIONS")]
+        tanh += [render(direction_kernel(order), "_direction_rows"), taylor_driver_source(order)]
     return f'''"""Kernels of {table.description}, order {order}: written by nnderiv.backends.numba_codegen."""
 
 import numba
@@ -177,6 +232,33 @@ def tanh_forward(table, order: int, z, out, a=None) -> None:
         getattr(module, f"_tanh_forward_rows_{dtype}")(z.shape[1], *z, *out)
     else:
         getattr(module, f"_tanh_forward_saving_rows_{dtype}")(z.shape[1], *z, *out, *a)
+
+
+#: columns per block of the Taylor-mode drivers (:func:`taylor_driver_source`): the coefficients of
+#: a block, read by every direction, stay in the L1/L2 cache
+DIRECTION_BLOCK = 2048
+
+
+def _directional(order: int, z):
+    """The module of one direction at ``order``, and the directions of the stack ``z``."""
+    return kernels(directional_table(1, order), order), (len(z) - 1) // order
+
+
+def taylor_forward(order: int, a, z, out) -> None:
+    """:func:`forward` for Taylor mode (``directional_table(n_dir, order)``, ``order >= 1``), one
+    direction at a time: one compiled kernel per order, whatever the number of directions."""
+    module, n_dir = _directional(order, z)
+    module._taylor_rows(a, z, out, n_dir, DIRECTION_BLOCK)
+
+
+def tanh_taylor_forward(order: int, z, out, a=None) -> None:
+    """:func:`tanh_forward` for Taylor mode (``order >= 1``), one direction at a time; the
+    coefficients are stored into ``a`` ``(order + 2, M)`` if given."""
+    module, n_dir = _directional(order, z)
+    keep = a is not None
+    if not keep:
+        a = np.empty((order + 2, min(DIRECTION_BLOCK, z.shape[1])), dtype=z.dtype)
+    getattr(module, f"_tanh_taylor_rows_{z.dtype.name}")(z, out, a, keep, n_dir, DIRECTION_BLOCK)
 
 
 def backward(table, order: int, out_bar, z, a, stack_bar) -> None:
