@@ -406,26 +406,26 @@ def test_divergence_and_wide_networks_match_numpy(numba_path, rng):
 def test_taylor_mode_in_many_directions_matches_numpy(activation, monkeypatch, rng):
     """Pure derivatives along 20 inputs (61 rows) and Taylor coefficients along 40 directions (121
     rows: beyond the straight-line kernels): the numba backend runs them one direction at a time
-    (tanh: its fused step, sin: given coefficients), forward and pullback as the numpy backend; the
-    forward sweep kept for the pullback too where the table has straight-line pullback kernels."""
+    (tanh: its fused step, sin: given coefficients), forward, the sweep kept for the pullback and the
+    pullback, as the numpy backend."""
     from nnderiv.backends import numba_codegen
 
     calls = []
-    for name in ("tanh_taylor_forward", "taylor_forward"):
+    for name in ("tanh_taylor_forward", "taylor_forward", "taylor_backward"):
         real = getattr(numba_codegen, name)
         monkeypatch.setattr(numba_codegen, name, lambda *args, real=real: calls.append(1) or real(*args))
     model = nd.MLP([20, 16, 16, 2], activation=activation, seed=3)
     x = rng.uniform(-1, 1, (120, 20))
-    for fn, kwargs, by_direction in [
-        (nd.pure_derivatives, {"order": 3}, 2 * 2),  # two hidden layers: the value, the sweep kept
-        (nd.taylor, {"directions": rng.normal(size=(40, 20)), "order": 3}, 2),  # the value alone
+    for fn, kwargs in [
+        (nd.pure_derivatives, {"order": 3}),
+        (nd.taylor, {"directions": rng.normal(size=(40, 20)), "order": 3}),
     ]:
         with nd.use_backend("numpy"):
             cotangent = cotangent_for(fn(model, x, **kwargs), rng)
         want = run_on("numpy", fn, model, x, kwargs, None, cotangent)
         calls.clear()
         got = run_on("numba", fn, model, x, kwargs, None, cotangent)
-        assert len(calls) == by_direction
+        assert len(calls) == 2 * 3  # each hidden layer: the value, the sweep kept, the pullback
         assert_close(got[0], want[0], fn.__name__)
         assert_close(got[2], want[2], f"{fn.__name__}: x cotangent")
         for name in want[1]:

@@ -170,6 +170,18 @@ def test_taylor_mode_by_direction_equals_the_reference(n_dir, K, dtype, rng, mon
     numba_codegen.taylor_forward(K, flat(a), flat(stack), flat(got))
     np.testing.assert_array_equal(got, reference.compose(stack, a, table, K))
     assert_fused_tanh_step(table, stack, lambda z, out, a: numba_codegen.tanh_taylor_forward(K, z, out, a))
+    # the pullback: the value row's sums over the directions run in another order than the
+    # reference's, so within a rounding per operation of the sum of the terms' magnitudes
+    stack = np.nan_to_num(stack)
+    a = taylor_coefficients(nd.get_activation("tanh"), stack[0], K + 1)
+    out_bar = rng.normal(size=stack.shape).astype(dtype)
+    got = np.empty_like(stack)
+    numba_codegen.taylor_backward(K, flat(out_bar), flat(stack), flat(a), flat(got))
+    powers = reference.compose_saving(stack, a, table, K)[1]
+    want = reference.compose_vjp(out_bar, stack, powers, a, table, K)
+    absolute = [np.abs(array) for array in (out_bar, stack, a)]
+    magnitude = reference.compose_vjp(absolute[0], absolute[1], np.abs(powers), absolute[2], table, K)
+    assert (np.abs(got - want) <= 4 * (K + 2) * n_dir * np.finfo(dtype).eps * magnitude).all()
 
 
 def test_the_backend_runs_the_fused_tanh_step_on_straight_line_tables(monkeypatch, rng):
@@ -199,6 +211,8 @@ def test_the_backend_runs_taylor_mode_by_direction_from_enough_rows(monkeypatch,
     for name in ("tanh_taylor_forward", "taylor_forward"):
         real = getattr(numba_codegen, name)
         monkeypatch.setattr(numba_codegen, name, lambda *args, real=real, name=name: calls.append(name) or real(*args))
+    pulled, real_backward = [], numba_codegen.taylor_backward
+    monkeypatch.setattr(numba_codegen, "taylor_backward", lambda *args: pulled.append(1) or real_backward(*args))
     tanh, sin = nd.get_activation("tanh"), nd.get_activation("sin")
     close = lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-14)  # noqa: E731
     table = directional_table(6, 3)
@@ -210,9 +224,11 @@ def test_the_backend_runs_taylor_mode_by_direction_from_enough_rows(monkeypatch,
     assert calls == ["tanh_taylor_forward"] * 2 and powers.shape[0] == 0
     close(out, want[0])
     close(a, want[1])
-    out_bar = rng.normal(size=stack.shape)  # the pullback: the table's straight-line kernel
+    out_bar = rng.normal(size=stack.shape)  # the pullback: by direction too
     want_bar = reference.compose_vjp(out_bar, stack, want[2], want[1], table, 3)
     close(numba_backend.compose_vjp(out_bar, stack, powers, a, table, 3), want_bar)
+    close(numba_backend.compose_vjp(out_bar, stack, want[2], a, table, 3), want_bar)  # powers given: not needed
+    assert pulled == [1, 1]
     a = taylor_coefficients(sin, stack[0], 4)  # given coefficients: the reference's bits
     np.testing.assert_array_equal(numba_backend.compose(stack, a, table, 3), reference.compose(stack, a, table, 3))
     out, powers = numba_backend.compose_saving(stack, a, table, 3)
@@ -227,16 +243,17 @@ def test_the_backend_runs_taylor_mode_by_direction_from_enough_rows(monkeypatch,
     close(numba_backend.activate(stack, tanh, small, 3), reference.activate(stack, tanh, small, 3))
     assert calls == []
 
-    big = directional_table(24, 3)  # beyond straight-line kernels: by direction, but kept for a pullback generically
+    big = directional_table(24, 3)  # beyond straight-line kernels: by direction all the same
     assert not numba_codegen.supports(big, 3)
     stack = rng.normal(size=(big.n_coef, 40, 3))
     want = reference.activate_saving(stack, tanh, big, 3)
     close(numba_backend.activate(stack, tanh, big, 3), want[0])
     out, a, powers = numba_backend.activate_saving(stack, tanh, big, 3)
-    assert calls == ["tanh_taylor_forward"] and powers.shape[0] == 2
+    assert calls == ["tanh_taylor_forward"] * 2 and powers.shape[0] == 0
     close(out, want[0])
     out_bar = rng.normal(size=stack.shape)
     close(
         numba_backend.compose_vjp(out_bar, stack, powers, a, big, 3),
         reference.compose_vjp(out_bar, stack, want[2], want[1], big, 3),
     )
+    assert pulled == [1, 1, 1]

@@ -111,7 +111,7 @@ def composition(table, order: int, coefficients: list[tuple] | None = None) -> K
     return Kernel("forward", inputs, {"OUT": range(table.n_coef)}, lines)
 
 
-def pullback(table, order: int) -> Kernel:
+def pullback(table, order: int, *, accumulate: bool = False) -> Kernel:
     """The cotangent ``S`` of the input stack ``Z`` from the output's ``B`` (``A``: ``a_1 .. a_{K+1}``).
 
     With ``q_j = d out / d delta^j`` (``q_K = a_K b``), each product ``delta^j[t] += delta[l]
@@ -120,21 +120,29 @@ def pullback(table, order: int) -> Kernel:
     reaches the output through every ``a_j``: ``S_0 = b_0 a_1 + sum_j <b, delta^j> (j + 1) a_{j+1}``.
     Sums are grouped and ordered as in the generic kernels (the adjoint tables' runs). The powers
     are recomputed from ``Z``: the forward pass keeps none.
+
+    ``accumulate``: instead of ``S_0``, add each ``<b, delta^j>`` to row ``j - 1`` of ``ACC`` (one
+    direction of Taylor mode at a time; the value row's cotangent is formed after the last).
     """
     n_rows, powers = table.n_coef, products(table, order)
     rows = range(1, n_rows)
     first = [table.degree_slice(j).start for j in range(order + 1)]
     lines = _loads([f"a_{j}" for j in range(1, order + 2)], "A", range(1, order + 2))
     lines += _loads([f"d_{r}" for r in rows], "Z", rows)
-    lines += _loads([f"b_{r}" for r in range(n_rows)], "B", range(n_rows))
+    cotangent_rows = rows if accumulate else range(n_rows)
+    lines += _loads([f"b_{r}" for r in cotangent_rows], "B", cotangent_rows)
     lines += _powers(table, order)
-    lines.append(("let", "c_0", "b_0 * a_1"))  # the value row: through a_0 (whose derivative is a_1) and the a_j
+    if not accumulate:
+        lines.append(("let", "c_0", "b_0 * a_1"))  # the value row: through a_0 (whose derivative is a_1) and the a_j
     for j in range(1, order + 1):
         kept = [r for r in range(first[j], n_rows) if j == 1 or r in powers[j]]
         if kept:
             inner = " + ".join(f"b_{r} * {_power(j, r)}" for r in kept)
-            lines.append(("count", f"k_{j + 1}", j + 1))
-            lines.append(("set", "c_0", f"c_0 + (({inner}) * k_{j + 1}) * a_{j + 1}"))
+            if accumulate:
+                lines += [("load", f"s_{j}", "ACC", j - 1), ("store", "ACC", j - 1, f"s_{j} + ({inner})")]
+            else:
+                lines.append(("count", f"k_{j + 1}", j + 1))
+                lines.append(("set", "c_0", f"c_0 + (({inner}) * k_{j + 1}) * a_{j + 1}"))
     for r in range(first[order], n_rows if order else 0):  # order 0: the value row alone, done
         lines.append(("let", f"q{order}_{r}", f"a_{order} * b_{r}"))
     cotangent: dict[int, list[str]] = {r: [] for r in rows}  # delta's, one sum per power
@@ -146,11 +154,15 @@ def pullback(table, order: int) -> Kernel:
         for r in range(first[j - 1], n_rows):
             sent = f" + ({to_previous[r]})" if r in to_previous else ""
             lines.append(("let", f"q{j - 1}_{r}", f"a_{j - 1} * b_{r}" + sent))
-    lines.append(("store", "S", 0, "c_0"))
+    if not accumulate:
+        lines.append(("store", "S", 0, "c_0"))
     for r in rows:
         lines.append(("store", "S", r, " + ".join([*cotangent[r], f"q1_{r}"])))
-    inputs = {"A": range(1, order + 2), "Z": rows, "B": range(n_rows)}
-    return Kernel("backward", inputs, {"S": range(n_rows)}, lines)
+    inputs = {"A": range(1, order + 2), "Z": rows, "B": cotangent_rows}
+    outputs = {"S": rows if accumulate else range(n_rows)}
+    if accumulate:
+        inputs["ACC"] = outputs["ACC"] = range(order)  # read and written in place: one argument per row
+    return Kernel("backward", inputs, outputs, lines)
 
 
 def _adjoint_sums(adjoint, cotangent: str, factor) -> dict[int, str]:

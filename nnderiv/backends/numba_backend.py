@@ -636,10 +636,10 @@ def compose(stack, a, table, order: int):
 
 def compose_saving(stack, a, table, order: int):
     """:func:`compose` and the powers ``delta^2 .. delta^K`` (written in the same pass); none for
-    the straight-line kernels, whose pullback recomputes them in registers."""
-    if order > 0 and _straight_line(stack, table, order):  # (so the pullback's kernel exists)
-        if _by_direction(stack, table, order):
-            return _by_direction_forward(stack, a, order), _no_powers(stack)
+    the straight-line and the by-direction kernels, whose pullbacks recompute them in registers."""
+    if _by_direction(stack, table, order):
+        return _by_direction_forward(stack, a, order), _no_powers(stack)
+    if order > 0 and _straight_line(stack, table, order):
         return _straight_line_forward(stack, a, table, order), _no_powers(stack)
     if order <= 1:
         return reference.compose_saving(stack, a, table, order)
@@ -694,7 +694,7 @@ def activate_saving(stack, activation, table, order: int):
     """:func:`activate` and what its pullback needs: ``(out, a, powers)``, ``a`` to order ``order + 1``."""
     # (order 0: the fill to order 1 is one pass already, and its a_0 is the output itself)
     tanh = activation.name == "tanh" and FUSED_TANH and 0 < order
-    if tanh and _straight_line(stack, table, order) and _by_direction(stack, table, order):
+    if tanh and _by_direction(stack, table, order):
         out = np.empty_like(stack, order="C")
         a = np.empty((order + 2, *stack.shape[1:]), dtype=stack.dtype)
         numba_codegen.tanh_taylor_forward(order, _flat(stack), _flat(out), _flat(a))
@@ -715,6 +715,10 @@ def compose_vjp(out_bar, stack, powers, a, table, order: int):
     registers where :func:`compose_saving` kept none)."""
     if order == 0:
         return reference.compose_vjp(out_bar, stack, powers, a, table, order)
+    if _by_direction(stack, table, order):  # (any powers given are recomputed in registers instead)
+        stack_bar = np.empty_like(stack, order="C")
+        numba_codegen.taylor_backward(order, _flat(out_bar), _flat(stack), _flat(a), _flat(stack_bar))
+        return stack_bar
     if _straight_line(stack, table, order) or (order >= 2 and len(powers) == 0):
         stack_bar = np.empty_like(stack, order="C")
         numba_codegen.backward(table, order, _flat(out_bar), _flat(stack), _flat(a), _flat(stack_bar))

@@ -182,6 +182,23 @@ def _tanh_taylor_rows_{name}(z, out, a, keep, n_dir, block):
         for name in (np.dtype(dtype).name for dtype in FLOATS)
     ]
     given = coefficients.replace("t:u", "s:e")
+    pulled = ", ".join(f"a[{j}, s:e]" for j in range(1, order + 2))
+    accumulators = ", ".join(f"acc[{j}, :n]" for j in range(order))
+    b, stack_bar = _direction_rows("b", order), _direction_rows("stack_bar", order)
+    drivers.append(f"""@numba.njit(**OPTIONS)
+def _taylor_backward_rows(counts, a, z, b, stack_bar, acc, n_dir, block):
+    for s in range(0, z.shape[1], block):
+        e = min(s + block, z.shape[1])
+        n = e - s
+        acc[:, :n] = 0
+        for r in range(n_dir):
+            _direction_backward_rows(n, {pulled}, {z}, {b}, {accumulators}, {stack_bar})
+        for i in range(n):
+            stack_bar[0, s + i] = b[0, s + i] * a[1, s + i]
+        for j in range(1, {order + 1}):
+            for i in range(n):
+                stack_bar[0, s + i] = stack_bar[0, s + i] + (acc[j - 1, i] * counts[j + 1]) * a[j + 1, s + i]
+""")
     drivers.append(f"""@numba.njit(**OPTIONS)
 def _taylor_rows(a, z, out, n_dir, block):
     for s in range(0, z.shape[1], block):
@@ -198,7 +215,9 @@ def module_source(table, order: int) -> str:
     tanh = [tanh_forward_source(table, order, dtype, saving) for dtype in FLOATS for saving in (False, True)]
     if table.n_directions == 1:  # Taylor mode's building block: the kernels of one direction and their drivers
         tanh += [render(direction_kernel(order), "_direction_rows_fused", "FUSED_OPTIONS")]
-        tanh += [render(direction_kernel(order), "_direction_rows"), taylor_driver_source(order)]
+        tanh += [render(direction_kernel(order), "_direction_rows")]
+        tanh += [render(codegen.pullback(table, order, accumulate=True), "_direction_backward_rows")]
+        tanh += [taylor_driver_source(order)]
     return f'''"""Kernels of {table.description}, order {order}: written by nnderiv.backends.numba_codegen."""
 
 import numba
@@ -259,6 +278,16 @@ def tanh_taylor_forward(order: int, z, out, a=None) -> None:
     if not keep:
         a = np.empty((order + 2, min(DIRECTION_BLOCK, z.shape[1])), dtype=z.dtype)
     getattr(module, f"_tanh_taylor_rows_{z.dtype.name}")(z, out, a, keep, n_dir, DIRECTION_BLOCK)
+
+
+def taylor_backward(order: int, out_bar, z, a, stack_bar) -> None:
+    """:func:`backward` for Taylor mode (``order >= 1``), one direction at a time: each adds its
+    ``<b, delta^j>`` to a block of accumulators, from which the value row's cotangent is formed
+    (sums over the directions in another order than the reference's: equal to rounding)."""
+    module, n_dir = _directional(order, z)
+    counts = np.arange(order + 2).astype(z.dtype)
+    acc = np.empty((order, min(DIRECTION_BLOCK, z.shape[1])), dtype=z.dtype)
+    module._taylor_backward_rows(counts, a, z, out_bar, stack_bar, acc, n_dir, DIRECTION_BLOCK)
 
 
 def backward(table, order: int, out_bar, z, a, stack_bar) -> None:
