@@ -45,6 +45,14 @@ pullback. Those kernels are compiled as the fills are, with contracted multiply-
 where there were two; 1.2-1.4x faster on tables of up to 7 rows, ``docs/performance.md``), so their
 output is the composition of their own coefficients to rounding, not bit for bit.
 
+Taylor mode's tables (``1 + R K`` rows for ``R`` directions) grow past what one loop body keeps in
+registers (dozens of row pointers and partial sums spill to the stack), but their directions never
+mix: :func:`direction_kernel` composes one direction (``K`` rows, compiled once per order), and
+the drivers of :func:`taylor_driver_source` call it for every direction over blocks of
+:data:`DIRECTION_BLOCK` columns, forward, fused with tanh's coefficients, and backward (each
+direction adding its ``<b, delta^j>`` to accumulators, from which the value row's cotangent is
+formed once). :mod:`~nnderiv.backends.numba_backend` runs them from ``DIRECTIONS_MIN_ROWS`` rows on.
+
 The source of each table's kernels goes to a file in the cache directory (``NNDERIV_CACHE_DIR``,
 else ``$XDG_CACHE_HOME/nnderiv`` or ``~/.cache/nnderiv``, else the temporary directory), named by
 its hash, and is imported from there, so Numba caches the compiled code like any other
