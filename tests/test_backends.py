@@ -272,6 +272,20 @@ def test_numba_fills_values_and_slopes_and_adds_biases_in_its_own_kernels(monkey
     assert calls == ["_fill_low_share"] * 4 + ["_add_bias_share"]
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_numba_products_of_one_input_are_outer_products_in_its_own_kernel(dtype, monkeypatch, rng):
+    """One input (a network of ``d = 1``, an output's adjoint going back): ``stack * W[0]``, bit for
+    bit, in the compiled pass."""
+    from nnderiv.backends import numba_backend
+
+    calls, kernel = [], numba_backend._outer_share
+    monkeypatch.setattr(numba_backend, "_outer_share", lambda *args: calls.append(1) or kernel(*args))
+    stack, W = rng.normal(size=(3, 333, 1)).astype(dtype), rng.normal(size=(5, 1)).T.astype(dtype)
+    got = numba_backend.affine(stack, W)
+    assert got.shape == (3, 333, 5) and got.dtype == dtype and calls == [1]
+    assert np.array_equal(got, stack * W[0])
+
+
 @settings(deadline=None)
 @given(
     shape=st.tuples(st.integers(1, 4), st.integers(1, 700), st.integers(1, 80), st.integers(1, 80)),

@@ -8,6 +8,7 @@ infinities give the limits.
 
 from __future__ import annotations
 
+import llvmlite.binding
 import mpmath
 import numba
 import numpy as np
@@ -16,8 +17,10 @@ import pytest
 from nnderiv.backends.numba_activations import (
     FILL_FASTMATH,
     KINDS,
+    VECTOR_BITS,
     exp_neg,
     fill_block,
+    fill_low,
     log1p_unit,
     sigmoid_parts,
     sin_cos,
@@ -157,3 +160,26 @@ def test_taylor_coefficients_of_every_order(name):
         exact = np.array([[float(c) for c in mpmath.taylor(function, mpmath.mpf(float(v)), order)] for v in z]).T
     scale = np.abs(exact).max(axis=1, keepdims=True)
     assert float(np.max(np.abs(a - exact) / scale)) <= 8 * np.finfo(np.float64).eps
+
+
+@numba.njit(cache=False, fastmath=FILL_FASTMATH, error_model="numpy")
+def _tanh_default_width(z, value, slope):  # fill_low's tanh loop, without wide_vectors()
+    for i in range(len(z)):
+        value[i], slope[i] = tanh_sech2(z[i])
+
+
+def test_wide_vectors_marks_the_kernels_and_changes_no_bit():
+    """A kernel calling ``wide_vectors()`` carries LLVM's ``prefer-vector-width`` attribute (on an
+    AVX-512 CPU: 512-bit instructions in its machine code) and computes the same bits as the loop
+    compiled at LLVM's default width."""
+    z = np.random.default_rng(2).normal(scale=4.0, size=1003)  # a remainder after any vector width
+    value, slope, default = np.empty_like(z), np.empty_like(z), (np.empty_like(z), np.empty_like(z))
+    fill_low(KINDS["tanh"], z, value, slope, 1)
+    _tanh_default_width(z, *default)
+    assert np.array_equal(value, default[0]) and np.array_equal(slope, default[1])
+    fresh = numba.njit(cache=False, fastmath=FILL_FASTMATH, error_model="numpy")(fill_low.py_func)  # inspectable
+    fresh(KINDS["tanh"], z, value, slope, 1)
+    assert f'"prefer-vector-width"="{VECTOR_BITS}"' in "".join(fresh.inspect_llvm().values())
+    if "+avx512f" in llvmlite.binding.get_host_cpu_features().flatten():
+        assert "zmm" in "".join(fresh.inspect_asm().values())
+        assert "zmm" not in "".join(_tanh_default_width.inspect_asm().values())

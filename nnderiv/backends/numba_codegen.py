@@ -12,6 +12,7 @@ t_1^2``; ``A_j`` the coefficients ``a_j``, ``Z`` the input stack)
 
     @numba.njit(pipeline_class=NoAliasCompiler, **OPTIONS)
     def _forward_rows(n, A_0, A_1, A_2, Z_1, Z_2, Z_3, Z_4, Z_5, OUT_0, OUT_1, OUT_2, OUT_3, OUT_4, OUT_5):
+        wide_vectors()
         for i in range(n):
             a_0 = A_0[i]
             a_1 = A_1[i]
@@ -31,19 +32,20 @@ t_1^2``; ``A_j`` the coefficients ``a_j``, ``Z`` the input stack)
             OUT_4[i] = a_1 * d_4 + a_2 * p2_4
             OUT_5[i] = a_1 * d_5 + a_2 * p2_5
 
-Every input row is read once and every output row written once; LLVM vectorizes the loop over
-the points. Each row is its own argument of a function compiled with ``noalias`` arguments: a
-loop over dozens of rows of one array would need a run-time overlap check for every pair of
-them, and LLVM gives up vectorizing beyond a few. The kernels run on the calling thread (the
-points are spread over threads by :mod:`nnderiv.parallel`). The pullback is the same loop run
-backwards (the adjoints of each product, :func:`backward_source`), recomputing the powers
-``delta^j`` in registers instead of reading them from memory: nothing but the Taylor
-coefficients is kept for it. For tanh the coefficients too are computed in the loop
-(:func:`tanh_forward_source`), from the value row, by the Numba fill's formulas: the whole
-activation step is one pass over the stack, and the coefficients are written out only for a
-pullback. Those kernels are compiled as the fills are, with contracted multiply-adds (one rounding
-where there were two; 1.2-1.4x faster on tables of up to 7 rows, ``docs/performance.md``), so their
-output is the composition of their own coefficients to rounding, not bit for bit.
+Every input row is read once and every output row written once; LLVM vectorizes the loop over the
+points, with the CPU's widest vectors (:func:`~nnderiv.backends.numba_activations.wide_vectors`).
+Each row is its own argument of a function compiled with ``noalias`` arguments: a loop over dozens
+of rows of one array would need a run-time overlap check for every pair of them, and LLVM gives up
+vectorizing beyond a few. The kernels run on the calling thread (the points are spread over threads
+by :mod:`nnderiv.parallel`). The pullback is the same loop run backwards (the adjoints of each
+product, :func:`backward_source`), recomputing the powers ``delta^j`` in registers instead of
+reading them from memory: nothing but the Taylor coefficients is kept for it. For tanh the
+coefficients too are computed in the loop (:func:`tanh_forward_source`), from the value row, by the
+Numba fill's formulas: the whole activation step is one pass over the stack, and the coefficients
+are written out only for a pullback. Those kernels are compiled as the fills are, with contracted
+multiply-adds (one rounding where there were two; 1.2-1.4x faster on tables of up to 7 rows,
+``docs/performance.md``), so their output is the composition of their own coefficients to rounding,
+not bit for bit.
 
 Taylor mode's tables (``1 + R K`` rows for ``R`` directions) grow past what one loop body keeps in
 registers (dozens of row pointers and partial sums spill to the stack), but their directions never
@@ -112,7 +114,7 @@ def render(kernel: codegen.Kernel, name: str, options: str = "OPTIONS") -> str:
     arguments = counts + [f"{array}_{row}" for array, rows in arrays.items() for row in rows]
     header = f"@numba.njit(pipeline_class=NoAliasCompiler, **{options})\ndef {name}(n, {', '.join(arguments)}):"
     body = [f"        {codegen.line(statement, LINES)}" for statement in kernel.body]
-    return "\n".join([header, "    for i in range(n):", *body]) + "\n"
+    return "\n".join([header, "    wide_vectors()", "    for i in range(n):", *body]) + "\n"
 
 
 def forward_source(table, order: int) -> str:
@@ -178,6 +180,7 @@ def taylor_driver_source(order: int) -> str:
     drivers = [
         f"""@numba.njit(**FUSED_OPTIONS)
 def _tanh_taylor_rows_{name}(z, out, a, keep, n_dir, block):
+    wide_vectors()
     for s in range(0, z.shape[1], block):
         e = min(s + block, z.shape[1])
         t = s if keep else 0
@@ -195,6 +198,7 @@ def _tanh_taylor_rows_{name}(z, out, a, keep, n_dir, block):
     b, stack_bar = _direction_rows("b", order), _direction_rows("stack_bar", order)
     drivers.append(f"""@numba.njit(**OPTIONS)
 def _taylor_backward_rows(counts, a, z, b, stack_bar, acc, n_dir, block):
+    wide_vectors()
     for s in range(0, z.shape[1], block):
         e = min(s + block, z.shape[1])
         n = e - s
@@ -209,6 +213,7 @@ def _taylor_backward_rows(counts, a, z, b, stack_bar, acc, n_dir, block):
 """)
     drivers.append(f"""@numba.njit(**OPTIONS)
 def _taylor_rows(a, z, out, n_dir, block):
+    wide_vectors()
     for s in range(0, z.shape[1], block):
         e = min(s + block, z.shape[1])
         for r in range(n_dir):
@@ -231,7 +236,7 @@ def module_source(table, order: int) -> str:
 import numba
 import numpy as np
 
-from nnderiv.backends.numba_activations import tanh_sech2
+from nnderiv.backends.numba_activations import tanh_sech2, wide_vectors
 from nnderiv.backends.numba_codegen import NoAliasCompiler
 
 OPTIONS = dict(fastmath=False, cache=True, nogil=True, error_model="numpy")
