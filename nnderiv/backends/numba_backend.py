@@ -146,9 +146,10 @@ def affine(stack, W):
     flat = stack.reshape(rows * n, n_in)
     out = np.empty((rows * n, n_out), dtype=stack.dtype)
     whole = len(flat) // block * block
-    np.matmul(flat[:whole].reshape(-1, block, n_in), W, out=out[:whole].reshape(-1, block, n_out))
-    if whole < len(flat):
-        np.matmul(flat[whole:], W, out=out[whole:])
+    with np.errstate(**reference.BLAS_ERRSTATE):
+        np.matmul(flat[:whole].reshape(-1, block, n_in), W, out=out[:whole].reshape(-1, block, n_out))
+        if whole < len(flat):
+            np.matmul(flat[whole:], W, out=out[whole:])
     return out.reshape(rows, n, n_out)
 
 

@@ -62,12 +62,20 @@ def divide_by_factorials(derivatives):
 # --- matrix products -----------------------------------------------------------------------------
 
 
+#: NumPy's floating-point checks around a BLAS call: on finite operands an "invalid" flag can only
+#: come from inside the library (OpenBLAS's SIMD kernels have raised it on lanes they discard:
+#: numpy/numpy#24067, #13173; seen here once, in float32, not reproducible), so it is not reported.
+#: A NaN or infinity in the result itself is still there to see.
+BLAS_ERRSTATE = {"invalid": "ignore"}
+
+
 def affine(stack, W):
     """``stack @ W`` over the last axis as ONE matrix product on ``(rows * N, n_in)``."""
     rows, n, n_in = stack.shape
     if n_in == 1:  # an outer product: each entry one multiplication, the same numbers as BLAS's,
         return stack * W[0]  # 2.5x faster than a GEMM of inner size 1 (one input, or one output's adjoint)
-    return (stack.reshape(rows * n, n_in) @ W).reshape(rows, n, W.shape[1])
+    with np.errstate(**BLAS_ERRSTATE):
+        return (stack.reshape(rows * n, n_in) @ W).reshape(rows, n, W.shape[1])
 
 
 def add_bias(z, b):
@@ -80,7 +88,8 @@ def add_bias(z, b):
 def affine_weight_grad(stack, z_bar):
     """``sum over rows and points of stack^T @ z_bar``: the weight cotangent, ONE product."""
     n_in, n_out = stack.shape[-1], z_bar.shape[-1]
-    return stack.reshape(-1, n_in).T @ z_bar.reshape(-1, n_out)
+    with np.errstate(**BLAS_ERRSTATE):
+        return stack.reshape(-1, n_in).T @ z_bar.reshape(-1, n_out)
 
 
 # --- sparse products of stacks -------------------------------------------------------------------
