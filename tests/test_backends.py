@@ -286,6 +286,20 @@ def test_numba_products_of_one_input_are_outer_products_in_its_own_kernel(dtype,
     assert np.array_equal(got, stack * W[0])
 
 
+def test_numba_hands_blas_a_pullbacks_transposed_weights_contiguous(monkeypatch, rng):
+    """``W.T`` of a narrow pullback product reaches BLAS as a C-contiguous copy (its NN kernel, 3x
+    faster than the transposed one there); the product is the reference's to rounding."""
+    from nnderiv.backends import numba_backend
+
+    seen, one_call = [], reference.affine
+    monkeypatch.setattr(reference, "affine", lambda a, b: seen.append(b.flags.c_contiguous) or one_call(a, b))
+    monkeypatch.setattr(numba_backend, "SMALL_GEMM_MULADDS", 0)  # one BLAS call
+    stack, W = rng.normal(size=(2, 300, 64)), rng.normal(size=(2, 64))
+    got = numba_backend.affine(stack, W.T)
+    assert seen == [True] and not W.T.flags.c_contiguous
+    assert_close(got, one_call(stack, W.T), "transposed product")
+
+
 @settings(deadline=None)
 @given(
     shape=st.tuples(st.integers(1, 4), st.integers(1, 700), st.integers(1, 80), st.integers(1, 80)),
