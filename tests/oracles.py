@@ -10,11 +10,14 @@ Everything here works on the plain network description of :mod:`strategies` -- a
   Richardson extrapolation (Ridders' choice of step; accuracy per order: see :data:`FD_DEFAULTS`).
 - :func:`sympy_network`, :func:`sympy_partials`: exact symbolic derivatives of a tiny network,
   evaluated with mpmath to about 30 digits.
+- :func:`taylor_majorant`: the size of the terms summed into a directional derivative, cancellations
+  undone: the scale of its float64 rounding error, for the tolerances of consistency checks.
 - :func:`check_grads`: directional-derivative check of hand-written parameter gradients.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Mapping
@@ -234,6 +237,75 @@ def sympy_partial(spec, x_point, multi_index, digits: int = 30) -> np.ndarray:
     alpha = tuple(int(a) for a in multi_index)
     partials = sympy_partials(spec, np.asarray(x_point, dtype=np.float64)[None, :], sum(alpha), digits)
     return partials[alpha][0]
+
+
+# --------------------------------------------------------------------------------------------
+# the size of the terms a Taylor coefficient sums (for tolerances)
+
+
+@functools.cache
+def _activation_derivatives(activation: str, order: int):
+    """``z -> [act(z), act'(z), ..., act^(order)(z)]`` (floats), differentiated by SymPy."""
+    z = sp.Symbol("z")
+    expression = SYMPY_ACTIVATIONS[activation](z)
+    derivatives = [expression]
+    for _ in range(order):
+        derivatives.append(sp.diff(derivatives[-1], z))
+    compiled = sp.lambdify(z, derivatives, modules="mpmath")
+    return lambda value: np.array([float(v) for v in compiled(mpmath.mpf(float(value)))])
+
+
+def _series_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cauchy product of two truncated series stacked on axis 0 (coefficient ``k`` at ``[k]``)."""
+    out = np.zeros_like(a)
+    for k in range(len(a)):
+        out[k] = sum(a[i] * b[k - i] for i in range(k + 1))
+    return out
+
+
+def taylor_majorant(spec, x: np.ndarray, V: np.ndarray, order: int, *, sensitivity: bool = True) -> np.ndarray:
+    """``(N, m, R, order + 1)``: for each point, output and direction ``V[n, r]``, the size of the
+    terms summed into ``d^k/dt^k f(x + t v)``, cancellations undone.
+
+    A float64 engine computing that derivative adds up products of weights, activation derivatives
+    and lower coefficients; its rounding error is a few ulp of the *sum of their absolute values*,
+    which is much larger than the result where the terms cancel (a hidden unit's contribution
+    cancelling another's, a fourth derivative crossing zero). This is that sum: the same series
+    composition as the derivative itself (``z(t) = h(t) @ W + b``, then ``h = sum_j act^(j)(z_0)
+    u(t)^j / j!`` with ``u = z - z_0``), with every weight, activation derivative and coefficient
+    replaced by its absolute value. With ``sensitivity`` it also adds the first-order effect of the
+    rounding of each pre-activation ``z_0`` (``|act^(j+1)(z_0)| |z_0|-terms u^j / j!``), which moves
+    every coefficient of that layer. Activation derivatives come from SymPy, not from nnderiv.
+    """
+    x, V = np.asarray(x, dtype=np.float64), np.asarray(V, dtype=np.float64)
+    N, R, _ = V.shape
+    h = np.zeros((order + 1, N, R, x.shape[1]))  # the series along each direction, normalized (c_k = f^(k)/k!)
+    size = np.zeros_like(h)
+    h[0], size[0] = x[:, None, :], np.abs(x[:, None, :])
+    if order >= 1:
+        h[1], size[1] = V, np.abs(V)
+    for W, b, activation in spec:
+        z, z_size = h @ W, size @ np.abs(W)
+        z[0] += b
+        z_size[0] += np.abs(b)
+        if activation is None or activation == "identity":
+            h, size = z, z_size
+            continue
+        derivatives = np.vectorize(_activation_derivatives(activation, order + 1), signature="()->(k)")(z[0])
+        derivatives = np.moveaxis(derivatives, -1, 0)  # (order + 2, N, R, width)
+        u, u_size = z.copy(), z_size.copy()
+        u[0], u_size[0] = 0.0, 0.0
+        h, size = np.zeros_like(z), np.zeros_like(z)
+        power, power_size = np.zeros_like(z), np.zeros_like(z)
+        power[0], power_size[0] = 1.0, 1.0  # u^0
+        for j in range(order + 1):
+            h += derivatives[j] / math.factorial(j) * power
+            size += np.abs(derivatives[j]) / math.factorial(j) * power_size
+            if sensitivity:
+                size += np.abs(derivatives[j + 1]) / math.factorial(j) * z_size[0] * power_size
+            power, power_size = _series_product(power, u), _series_product(power_size, u_size)
+    factorials = np.array([math.factorial(k) for k in range(order + 1)], dtype=np.float64)
+    return size.transpose(1, 3, 2, 0) * factorials  # (k, N, R, m) -> (N, m, R, k)
 
 
 # --------------------------------------------------------------------------------------------
