@@ -180,6 +180,7 @@ def test_wide_vectors_marks_the_kernels_and_changes_no_bit():
     fresh = numba.njit(cache=False, fastmath=FILL_FASTMATH, error_model="numpy")(fill_low.py_func)  # inspectable
     fresh(KINDS["tanh"], z, value, slope, 1)
     assert f'"prefer-vector-width"="{VECTOR_BITS}"' in "".join(fresh.inspect_llvm().values())
+    # (only the marked kernel's width is asserted: LLVM's default depends on the CPU, 256 bits on
+    # Intel's AVX-512 server parts, where the attribute matters, 512 on AMD's Zen 4 and 5)
     if "+avx512f" in llvmlite.binding.get_host_cpu_features().flatten():
         assert "zmm" in "".join(fresh.inspect_asm().values())
-        assert "zmm" not in "".join(_tanh_default_width.inspect_asm().values())
