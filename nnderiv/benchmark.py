@@ -770,8 +770,39 @@ def versions() -> dict:
         found["blas"] = f"{blas.get('name')} {blas.get('version')} ({blas.get('openblas configuration', '')})".strip()
     except Exception:  # older NumPy: no dict mode
         found["blas"] = "unknown"
+    found["blas_kernels"] = blas_kernels()
     found["nnderiv_source"] = _source_revision()
     return found
+
+
+#: OpenBLAS kernel families that use AVX-512 (threadpoolctl's ``architecture``, case-insensitive)
+AVX512_BLAS_KERNELS = ("skylakex", "cooperlake", "sapphirerapids")
+
+
+def blas_kernels() -> str:
+    """The kernels NumPy's BLAS runs, as threadpoolctl reports them (OpenBLAS: ``Haswell``,
+    ``SkylakeX``, ...; chosen by CPU model when NumPy is imported, or by ``OPENBLAS_CORETYPE``)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown"
+    blas = [info for info in threadpool_info() if info.get("user_api") == "blas"]
+    numpys = [info for info in blas if "numpy" in str(info.get("filepath", ""))] or blas  # not SciPy's copy
+    kernels = dict.fromkeys(str(info["architecture"]) for info in numpys if info.get("architecture"))
+    return ", ".join(kernels) or "unknown"
+
+
+def blas_hint(avx512f: bool, kernels: str) -> str | None:
+    """A note when OpenBLAS runs kernels without AVX-512 on a CPU that has it (a CPU model newer
+    than the OpenBLAS build, or ``OPENBLAS_CORETYPE`` set): its products then run at about half speed."""
+    known = kernels.lower()
+    if not avx512f or known == "unknown" or any(name in known for name in AVX512_BLAS_KERNELS):
+        return None
+    return (
+        f"note: OpenBLAS runs its {kernels} kernels on this AVX-512 CPU (OPENBLAS_CORETYPE="
+        f"{os.environ.get('OPENBLAS_CORETYPE', 'unset')}); OPENBLAS_CORETYPE=SkylakeX, set before NumPy is "
+        "imported, selects its AVX-512 ones (docs/backends.md, 'Threads')"
+    )
 
 
 def _source_revision() -> str:
@@ -1016,6 +1047,7 @@ def format_report(results: dict, details: bool = True) -> str:
         "versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
         "threads: " + ", ".join(f"{k}={val}" for k, val in t.items()),
         "peers: " + "; ".join(f"{k}: {val}" for k, val in results["peers"].items()),
+        *filter(None, [blas_hint(m["avx512f"], v.get("blas_kernels", "unknown"))]),
         f"MLP [d, 64, 64, 64, 1] tanh float64, N = {settings['points']}, median ms of {settings['repeats']} "
         f"(back to back, after {settings['warmup']} warm-up + the checked call); peers checked against nnderiv "
         f"to {TOLERANCE:g} first. Target: numba / best peer <= 1.0 (<= 0.5 on W4, W5).",

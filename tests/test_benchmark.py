@@ -95,6 +95,14 @@ def test_json_is_written_and_parses(tmp_path):
     assert results["machine"]["avx512f"] in (True, False)
 
 
+def test_blas_without_avx512_kernels_on_an_avx512_cpu_is_pointed_out():
+    """The report says when OpenBLAS runs older kernels than the CPU allows (half-speed products)."""
+    assert "OPENBLAS_CORETYPE=SkylakeX" in bench.blas_hint(True, "Haswell")
+    assert bench.blas_hint(True, "SkylakeX") is None and bench.blas_hint(True, "SapphireRapids") is None
+    assert bench.blas_hint(False, "Haswell") is None and bench.blas_hint(True, "unknown") is None
+    assert bench.versions()["blas_kernels"]  # threadpoolctl's name for what runs here, or "unknown"
+
+
 def test_the_peers_matrix_library_is_timed_on_the_stacked_layers_shape():
     """A peer's own product on the tall shape (here NumPy's, behind a peer's adapter), reported
     beside BLAS's; the GEMM table gives each backend's throughput against both."""
