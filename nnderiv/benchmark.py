@@ -770,33 +770,19 @@ def versions() -> dict:
         found["blas"] = f"{blas.get('name')} {blas.get('version')} ({blas.get('openblas configuration', '')})".strip()
     except Exception:  # older NumPy: no dict mode
         found["blas"] = "unknown"
-    found["blas_kernels"] = blas_kernels()
+    from .backends import numba_backend
+
+    found["blas_kernels"] = numba_backend.blas_kernels()
     found["nnderiv_source"] = _source_revision()
     return found
-
-
-#: OpenBLAS kernel families that use AVX-512 (threadpoolctl's ``architecture``, case-insensitive)
-AVX512_BLAS_KERNELS = ("skylakex", "cooperlake", "sapphirerapids")
-
-
-def blas_kernels() -> str:
-    """The kernels NumPy's BLAS runs, as threadpoolctl reports them (OpenBLAS: ``Haswell``,
-    ``SkylakeX``, ...; chosen by CPU model when NumPy is imported, or by ``OPENBLAS_CORETYPE``)."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return "unknown"
-    blas = [info for info in threadpool_info() if info.get("user_api") == "blas"]
-    numpys = [info for info in blas if "numpy" in str(info.get("filepath", ""))] or blas  # not SciPy's copy
-    kernels = dict.fromkeys(str(info["architecture"]) for info in numpys if info.get("architecture"))
-    return ", ".join(kernels) or "unknown"
 
 
 def blas_hint(avx512f: bool, kernels: str) -> str | None:
     """A note when OpenBLAS runs kernels without AVX-512 on a CPU that has it (a CPU model newer
     than the OpenBLAS build, or ``OPENBLAS_CORETYPE`` set): its products then run at about half speed."""
-    known = kernels.lower()
-    if not avx512f or known == "unknown" or any(name in known for name in AVX512_BLAS_KERNELS):
+    from .backends.numba_backend import AVX512_BLAS_KERNELS
+
+    if not avx512f or kernels == "unknown" or kernels.lower() in AVX512_BLAS_KERNELS:
         return None
     return (
         f"note: OpenBLAS runs its {kernels} kernels on this AVX-512 CPU (OPENBLAS_CORETYPE="

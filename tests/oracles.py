@@ -291,8 +291,9 @@ def taylor_majorant(spec, x: np.ndarray, V: np.ndarray, order: int, *, sensitivi
         if activation is None or activation == "identity":
             h, size = z, z_size
             continue
-        derivatives = np.vectorize(_activation_derivatives(activation, order + 1), signature="()->(k)")(z[0])
-        derivatives = np.moveaxis(derivatives, -1, 0)  # (order + 2, N, R, width)
+        # z_0 is the same along every direction: the derivatives once per point and unit
+        at_points = np.vectorize(_activation_derivatives(activation, order + 1), signature="()->(k)")(z[0][:, 0])
+        derivatives = np.moveaxis(at_points, -1, 0)[:, :, None, :]  # (order + 2, N, 1, width)
         u, u_size = z.copy(), z_size.copy()
         u[0], u_size[0] = 0.0, 0.0
         h, size = np.zeros_like(z), np.zeros_like(z)

@@ -65,20 +65,18 @@ EPS = np.finfo(np.float64).eps
 #: is off by O(1), and a reference off by 1e-9 relative is caught (test_..._catch_a_small_perturbation).
 RTOL = {k: (1000 if k <= 2 else 4000) * EPS for k in range(7)}
 
-#: Relative to the terms the *network* sums (:func:`oracles.taylor_majorant`: the absolute values of
-#: every product of its series composition, plus the effect of rounding each pre-activation; for a
-#: Hessian entry, :func:`hessian_terms`): the size of the result's own terms (``|T| . |v|^k``, ``|H|``)
-#: misses a cancellation inside the network, e.g. two hidden units' fourth derivatives cancelling at
-#: one input (d = 1, x = 0: once 3.3x over RTOL[4]). Used for Taylor coefficients, Laplacians, HVPs,
-#: divergence, mixed partials and the x -> c x property. Measured worst over 1500 random networks: 2.9 eps x these
-#: terms for Taylor coefficients (orders 0-6), 1.6 eps for Laplacian, weighted Laplacian (/d) and
-#: HVP; the bar leaves 22x. The terms are a median 4-120x the result's own (orders 0-6), so where
-#: nothing cancels this bar is about as tight as RTOL, and where the network cancels it grows with it.
+#: Relative to the terms the *network* sums (:func:`oracles.taylor_majorant`: the absolute values
+#: of every product of its series composition, plus the effect of rounding each pre-activation;
+#: :func:`order_terms`, :func:`hessian_terms`): the size of the result's own terms (``|T| . |v|^k``,
+#: ``|H|``) misses a cancellation inside the network, e.g. two hidden units' fourth derivatives
+#: cancelling at one input (d = 1, x = 0: once 3.3x over RTOL[4]). Used for Taylor coefficients,
+#: Laplacians, HVPs, divergence, mixed partials and the x -> c x property. Measured worst over 1500
+#: random networks, in eps x these terms: 2.9 for Taylor coefficients (orders 0-6); 1.6 for the
+#: Laplacian, the weighted Laplacian (/d) and the HVP; 1.8 for mixed partials by interpolation (whose
+#: weights amplify rounding by sum_j |w_j| |j|^k: up to 60 eps of max |tensor(k)|), k <= 5. The bar
+#: leaves 22x. The terms are a median 4-120x the result's own (orders 0-6), so where nothing cancels
+#: this bar is about as tight as RTOL, and where the network cancels it grows with it.
 RTOL_MAJORANT = 64 * EPS
-
-#: (Mixed partials by interpolation, a weighted sum of k-th derivatives along up to C(n + k - 1, k)
-#: directions j with entries up to k, amplify rounding by sum_j |w_j| |j|^k: measured up to 60 eps
-#: of max |tensor(k)|, but 1.8 eps of the terms along (1, ..., 1), :func:`order_terms`, k <= 5.)
 
 #: check_grads: |<grads, v> - FD| <= GRAD_RTOL (|<grads, v>| + |grads|) + rounding (tests/test_vjp.py
 #: measured the FD error below 1e-9 for orders <= 4); a wrong rule is off by O(1)

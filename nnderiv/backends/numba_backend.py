@@ -107,15 +107,26 @@ SMALL_GEMM_MULADDS = 10**6
 SMALL_GEMM_MIN_ROWS = 64
 
 
+#: OpenBLAS's kernel families with AVX-512 (threadpoolctl's ``architecture``, lower case)
+AVX512_BLAS_KERNELS = ("skylakex", "cooperlake", "sapphirerapids")
+
+
 @cache
-def _blas_has_small_kernels() -> bool:
-    """Whether NumPy's BLAS is OpenBLAS running its SkylakeX-family (AVX-512) kernels."""
+def blas_kernels() -> str:
+    """The kernels NumPy's OpenBLAS runs, as threadpoolctl names them (``Haswell``, ``SkylakeX``,
+    ...: chosen by CPU model when NumPy loads it, or by ``OPENBLAS_CORETYPE``); ``unknown`` for
+    another BLAS."""
     from threadpoolctl import threadpool_info
 
     for library in threadpool_info():
         if library.get("internal_api") == "openblas" and "numpy" in library.get("filepath", ""):
-            return str(library.get("architecture", "")).lower() in ("skylakex", "cooperlake", "sapphirerapids")
-    return False
+            return str(library.get("architecture") or "unknown")
+    return "unknown"
+
+
+def _blas_has_small_kernels() -> bool:
+    """Whether NumPy's BLAS is OpenBLAS running its SkylakeX-family (AVX-512) kernels."""
+    return blas_kernels().lower() in AVX512_BLAS_KERNELS
 
 
 def _gemm_block_rows(n_rows: int, n_in: int, n_out: int) -> int:
