@@ -37,7 +37,7 @@ from functools import cache
 import numba
 import numpy as np
 
-from . import numba_codegen
+from . import numba_codegen, numba_sweeps
 from . import numpy_backend as reference
 from ._allocator import keep_freed_memory
 from .numba_activations import KINDS, fill_block, fill_low, wide_vectors
@@ -52,6 +52,9 @@ ON_DEVICE = False
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 MALLOC_TUNED = keep_freed_memory()
 
+#: the value and the reverse-mode Jacobian of a dense chain as one compiled call per chunk
+#: (:mod:`~nnderiv.backends.numba_sweeps`: the same numbers, 10-25% faster); ``False``: layer by layer
+COMPILED_SWEEPS = True
 #: elements of one (rows, block) buffer: a few such buffers per thread stay in the L2 cache
 BUFFER_ELEMENTS = 32768
 #: extra columns per buffer row, so that rows are not a power of two bytes apart (cache sets)
@@ -112,16 +115,23 @@ AVX512_BLAS_KERNELS = ("skylakex", "cooperlake", "sapphirerapids")
 
 
 @cache
-def blas_kernels() -> str:
-    """The kernels NumPy's OpenBLAS runs, as threadpoolctl names them (``Haswell``, ``SkylakeX``,
-    ...: chosen by CPU model when NumPy loads it, or by ``OPENBLAS_CORETYPE``); ``unknown`` for
-    another BLAS."""
+def numpy_openblas() -> dict | None:
+    """threadpoolctl's description of NumPy's own OpenBLAS (``filepath``, ``architecture``, ...),
+    or ``None`` where NumPy uses another BLAS."""
     from threadpoolctl import threadpool_info
 
     for library in threadpool_info():
         if library.get("internal_api") == "openblas" and "numpy" in library.get("filepath", ""):
-            return str(library.get("architecture") or "unknown")
-    return "unknown"
+            return library
+    return None
+
+
+def blas_kernels() -> str:
+    """The kernels NumPy's OpenBLAS runs, as threadpoolctl names them (``Haswell``, ``SkylakeX``,
+    ...: chosen by CPU model when NumPy loads it, or by ``OPENBLAS_CORETYPE``); ``unknown`` for
+    another BLAS."""
+    library = numpy_openblas()
+    return "unknown" if library is None else str(library.get("architecture") or "unknown")
 
 
 def _blas_has_small_kernels() -> bool:
@@ -618,6 +628,19 @@ def _launch(parallel, share, args, size: int, block: int) -> None:
 def workers() -> int:
     """Chunks of points that run at once (:mod:`nnderiv.parallel`): Numba's thread count."""
     return numba.get_num_threads()
+
+
+def dense_sweep(model, n_points: int, dtype):
+    """The sweeps of ``model`` at ``n_points`` points, each one compiled call
+    (:mod:`~nnderiv.backends.numba_sweeps`), or ``None``: the engine's generic sweep. Used where a
+    chunk runs on one thread (inside a worker, or where its kernels would not go parallel anyway:
+    the compiled sweep's elementwise passes are serial), and :data:`COMPILED_SWEEPS` is on."""
+    if not COMPILED_SWEEPS:
+        return None
+    widest = max((W.shape[-1] for W in model.params.values()), default=0)
+    if n_points * widest >= PARALLEL_MIN_ELEMENTS and numba.get_num_threads() > 1:
+        return None
+    return numba_sweeps.dense_sweep(model, dtype)
 
 
 def bilinear(a, b, table):

@@ -1,0 +1,352 @@
+r"""A chunk's whole sweep in one compiled call: the value and the reverse-mode Jacobian of a dense chain.
+
+The value and the Jacobian are the cheapest quantities nnderiv computes: one stacked row forward
+(and ``m`` adjoint rows back). There, the generic engine's own cost shows: per layer and chunk, a
+few Python calls into separate kernels (the product, the bias, the activation, the adjoint step),
+each taking the GIL that the other worker may be waiting for. Here the sweep of one chunk through
+every layer is one compiled function that never returns to Python: the products are BLAS calls
+made from the compiled code (the CBLAS functions of NumPy's own OpenBLAS, found through
+``threadpoolctl``), and each layer's bias and activation are one pass over its rows. Measured on
+the benchmark's network (``docs/performance.md``): the Jacobian 1.2-1.4x faster, the value (four
+products and three fills, little Python to save) within the noise.
+
+Every number is the generic numba path's: the same BLAS calls on the same blocks of rows
+(:func:`~nnderiv.backends.numba_backend.affine`), the same additions, the same activation
+functions (:mod:`~nnderiv.backends.numba_activations`). Where a model is not a chain of
+:class:`~nnderiv.layers.Dense` layers, each followed by at most one activation nnderiv compiles, or
+NumPy's BLAS is not an OpenBLAS whose symbols are found, :func:`dense_sweep` returns ``None`` and
+the engine runs its generic sweep.
+
+The rules are those of :mod:`nnderiv.modes.reverse` at order 0: forward ``z = h W + b``,
+``h = g(z)``, keeping ``g'(z)``; back ``z_bar = h_bar g'(z)``, ``h_bar = z_bar W^T``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from functools import cache
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+from .numba_activations import FILL_FASTMATH, KINDS, fill_block, sigmoid_parts, tanh_sech2, wide_vectors
+
+#: row-major; no transposition, transposition (CBLAS's enumerations)
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+#: elements of one block of rows taken through bias and activation at once (in the L1 cache)
+ROW_BLOCK_ELEMENTS = 2048
+
+
+@dataclass(frozen=True)
+class Blas:
+    """NumPy's OpenBLAS's ``cblas_?gemm``, ``cblas_?gemv`` and ``cblas_?dot``: their addresses, per
+    dtype, and the type of its integers."""
+
+    addresses: dict  # numpy dtype -> int64 array [gemm, gemv, dot]
+    int_type: type  # np.int64 for an ILP64 build (NumPy's wheels), np.int32 otherwise
+
+
+@cache
+def numpy_blas() -> Blas | None:
+    """The CBLAS functions of NumPy's own OpenBLAS, or ``None`` (another BLAS, or no such symbols)."""
+    from . import numba_backend
+
+    library = numba_backend.numpy_openblas()
+    if library is None:
+        return None
+    try:
+        dll = ctypes.CDLL(library["filepath"])
+    except OSError:
+        return None
+    for prefix in ("scipy_", ""):  # the affixes threadpoolctl knows OpenBLAS's symbols by
+        for suffix in ("64_", "_64", ""):
+            config = f"{prefix}openblas_get_config{suffix}"
+            names = {t: [f"{prefix}cblas_{t}{f}{suffix}" for f in ("gemm", "gemv", "dot")] for t in "sd"}
+            if not all(hasattr(dll, name) for name in [config, *names["s"], *names["d"]]):
+                continue
+            getattr(dll, config).restype = ctypes.c_char_p
+            ilp64 = b"USE64BITINT" in (getattr(dll, config)() or b"")
+            addresses = {
+                np.dtype(dtype): np.array([ctypes.cast(getattr(dll, n), ctypes.c_void_p).value for n in names[t]])
+                for dtype, t in ((np.float32, "s"), (np.float64, "d"))
+            }
+            return Blas(addresses, np.int64 if ilp64 else np.int32)
+    return None
+
+
+# The calls are intrinsics: the function's address is an argument, not a constant, so that the
+# compiled code is cached on disk; ``ints`` (any value) gives the type of the library's integers.
+
+
+def _data(context, builder, signature, args, indices):
+    """The data pointers of the array arguments at ``indices``."""
+    return [context.make_array(signature.args[i])(context, builder, args[i]).data for i in indices]
+
+
+@intrinsic
+def _cblas_gemm(typingctx, address, ints, m, n, k, a, b, c):
+    """``c = a @ b``, C-contiguous ``(m, k)``, ``(k, n)``, ``(m, n)`` arrays of one dtype."""
+
+    def codegen(context, builder, signature, args):
+        index = context.get_value_type(signature.args[1])
+        m, n, k = (context.cast(builder, args[i], signature.args[i], signature.args[1]) for i in (2, 3, 4))
+        real = context.get_value_type(signature.args[5].dtype)
+        enum, pointer = ir.IntType(32), real.as_pointer()
+        arguments = [enum, enum, enum, index, index, index, real, pointer, index, pointer, index, real, pointer, index]
+        function = builder.inttoptr(args[0], ir.FunctionType(ir.VoidType(), arguments).as_pointer())
+        a, b, c = _data(context, builder, signature, args, (5, 6, 7))
+        row_major, plain = enum(_ROW_MAJOR), enum(_NO_TRANS)
+        builder.call(function, [row_major, plain, plain, m, n, k, real(1.0), a, k, b, n, real(0.0), c, n])
+        return context.get_dummy_value()
+
+    return types.void(address, ints, m, n, k, a, b, c), codegen
+
+
+@intrinsic
+def _cblas_gemv(typingctx, address, ints, transposed, m, n, a, x, y):
+    """``y = a @ x`` (``a`` ``(m, n)``), or ``y = a^T @ x`` where ``transposed``; contiguous vectors."""
+
+    def codegen(context, builder, signature, args):
+        index = context.get_value_type(signature.args[1])
+        m, n = (context.cast(builder, args[i], signature.args[i], signature.args[1]) for i in (3, 4))
+        real = context.get_value_type(signature.args[5].dtype)
+        enum, pointer = ir.IntType(32), real.as_pointer()
+        arguments = [enum, enum, index, index, real, pointer, index, pointer, index, real, pointer, index]
+        function = builder.inttoptr(args[0], ir.FunctionType(ir.VoidType(), arguments).as_pointer())
+        a, x, y = _data(context, builder, signature, args, (5, 6, 7))
+        trans = builder.select(args[2], enum(_TRANS), enum(_NO_TRANS))
+        one = index(1)
+        builder.call(function, [enum(_ROW_MAJOR), trans, m, n, real(1.0), a, n, x, one, real(0.0), y, one])
+        return context.get_dummy_value()
+
+    return types.void(address, ints, transposed, m, n, a, x, y), codegen
+
+
+@intrinsic
+def _cblas_dot(typingctx, address, ints, n, x, y):
+    """``sum_i x_i y_i`` of two contiguous vectors (arrays) of ``n`` numbers."""
+
+    def codegen(context, builder, signature, args):
+        index = context.get_value_type(signature.args[1])
+        n = context.cast(builder, args[2], signature.args[2], signature.args[1])
+        real = context.get_value_type(signature.args[3].dtype)
+        function = builder.inttoptr(
+            args[0], ir.FunctionType(real, [index, real.as_pointer(), index, real.as_pointer(), index]).as_pointer()
+        )
+        x, y = _data(context, builder, signature, args, (3, 4))
+        return builder.call(function, [n, x, index(1), y, index(1)])
+
+    return x.dtype(address, ints, n, x, y), codegen
+
+
+_jit = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FILL_FASTMATH)
+
+
+@_jit
+def _matmul(blas, ints, a, b, c):
+    """``c = a @ b`` as NumPy's ``matmul`` computes it, by the same BLAS call: ``dot`` for one
+    number, ``gemv`` for one column or one row, ``gemm`` otherwise (the same bits)."""
+    m, k = a.shape
+    n = b.shape[1]
+    if m == 1 and n == 1:
+        c[0, 0] = _cblas_dot(blas[2], ints, k, a, b)
+    elif n == 1:
+        _cblas_gemv(blas[1], ints, False, m, k, a, b, c)
+    elif m == 1:
+        _cblas_gemv(blas[1], ints, True, k, n, b, a, c)
+    else:
+        _cblas_gemm(blas[0], ints, m, n, k, a, b, c)
+
+
+@_jit
+def _product(blas, ints, h, W, out, n, block):
+    """``out[:n] = h[:n] @ W`` (flat row-major buffers) by the products of
+    :func:`~nnderiv.backends.numba_backend.affine`: blocks of ``block`` rows, then the rest."""
+    n_in, n_out = W.shape
+    if n_in == 1:  # an outer product, one multiplication per entry (numba_backend._outer_product)
+        wide_vectors()
+        for p in range(n):
+            c = h[p]
+            for j in range(n_out):
+                out[p * n_out + j] = c * W[0, j]
+        return
+    for s in range(0, n, block):
+        rows = min(block, n - s)
+        a = h[s * n_in : (s + rows) * n_in].reshape((rows, n_in))
+        c = out[s * n_out : (s + rows) * n_out].reshape((rows, n_out))
+        _matmul(blas, ints, a, W, c)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FILL_FASTMATH, inline="always")
+def _tanh_or_sigmoid(kind, v):
+    """``(g(v), g'(v))`` for tanh (``kind`` 1) or sigmoid (2): the functions of the fills."""
+    if kind == 1:
+        return tanh_sech2(v)
+    parts = sigmoid_parts(v)
+    return parts[0], parts[1]
+
+
+@_jit
+def _bias_activation(z, b, kind, slope, n):
+    """``z = g(z + b)`` on ``z[:n * width]`` in place, and ``slope = g'(z + b)`` where ``slope``
+    is not empty; ``kind`` 0: the bias alone. Tanh and sigmoid in one pass over each row (written
+    in place element by element, so that the loops vectorize), the others block by block through
+    :func:`~nnderiv.backends.numba_activations.fill_block`."""
+    wide_vectors()
+    width, save = len(b), len(slope) > 0
+    if kind <= 2:
+        for p in range(n):
+            o = p * width
+            if kind == 0:
+                for j in range(width):
+                    z[o + j] += b[j]
+            elif save:
+                for j in range(width):
+                    z[o + j], slope[o + j] = _tanh_or_sigmoid(kind, z[o + j] + b[j])
+            else:
+                for j in range(width):
+                    z[o + j] = _tanh_or_sigmoid(kind, z[o + j] + b[j])[0]
+        return
+    rows = max(1, ROW_BLOCK_ELEMENTS // width)
+    scratch = np.empty((3, rows * width), dtype=z.dtype)
+    for s in range(0, n, rows):
+        e = min(n, s + rows)
+        for p in range(s, e):
+            for j in range(width):
+                z[p * width + j] += b[j]
+        block = z[s * width : e * width]
+        fill_block(kind, block, scratch, int(save), len(block), scratch[2])
+        block[:] = scratch[0, : len(block)]
+        if save:
+            slope[s * width : e * width] = scratch[1, : len(block)]
+
+
+@_jit
+def _value_sweep(blas, ints, x, weights, biases, kinds, blocks, out, buffers):
+    """The value of the chain at the ``n`` points ``x`` (flat ``(n, d)``) into ``out`` (flat ``(n, m)``)."""
+    n = len(x) // weights[0].shape[0]
+    h = x
+    no_slope = x[:0]
+    for layer in range(len(weights)):
+        z = out if layer == len(weights) - 1 else buffers[layer % 2]
+        _product(blas, ints, h, weights[layer], z, n, blocks[layer])
+        _bias_activation(z, biases[layer], kinds[layer], no_slope, n)
+        h = z
+
+
+@_jit
+def _jacobian_sweep(
+    blas, ints, x, weights, transposes, biases, kinds, blocks, back_blocks, value, jacobian, buffers, slopes
+):
+    """Value (flat ``(n, m)``) and Jacobian (flat ``(m, n, d)``: row ``k`` is ``grad f_k``) of the
+    chain at the ``n`` points ``x``; ``slopes``: one flat ``(n, width)`` buffer per layer."""
+    n_layers = len(weights)
+    n, m = len(x) // weights[0].shape[0], weights[n_layers - 1].shape[1]
+    h = x
+    for layer in range(n_layers):
+        z = value if layer == n_layers - 1 else buffers[layer % 2]
+        _product(blas, ints, h, weights[layer], z, n, blocks[layer])
+        _bias_activation(z, biases[layer], kinds[layer], slopes[layer], n)
+        h = z
+    # adjoint rows (m, n, width), output k's row seeded with e_k
+    adjoint = buffers[0][: m * n * m]
+    adjoint[:] = 0
+    for k in range(m):
+        for p in range(n):
+            adjoint[(k * n + p) * m + k] = 1.0
+    for layer in range(n_layers - 1, -1, -1):
+        if kinds[layer] != 0:
+            slope, width = slopes[layer], weights[layer].shape[1]
+            for k in range(m):
+                row = adjoint[k * n * width : (k + 1) * n * width]
+                for i in range(n * width):
+                    row[i] = row[i] * slope[i]
+        target = jacobian if layer == 0 else buffers[(n_layers - layer) % 2]
+        _product(blas, ints, adjoint, transposes[layer], target, m * n, back_blocks[layer])
+        adjoint = target
+
+
+@dataclass(frozen=True)
+class DenseSweep:
+    """The compiled sweeps of one dense chain (:func:`dense_sweep`)."""
+
+    weights: tuple
+    biases: tuple
+    kinds: np.ndarray
+    blas: np.ndarray  # the addresses of Blas.addresses for this dtype
+    ints: np.integer  # a value of the library's integer type
+
+    @property
+    def widths(self) -> list[int]:
+        return [W.shape[1] for W in self.weights]
+
+    def _blocks(self, n: int, transposed: bool = False) -> np.ndarray:
+        from .numba_backend import _gemm_block_rows
+
+        shapes = [W.shape[::-1] if transposed else W.shape for W in self.weights]
+        return np.array([max(1, _gemm_block_rows(n, *shape)) for shape in shapes], dtype=np.int64)
+
+    def _buffers(self, n: int, widest: int):
+        dtype = self.weights[0].dtype
+        return tuple(np.empty(n * widest, dtype=dtype) for _ in range(2))
+
+    def value(self, x: np.ndarray) -> np.ndarray:
+        """``(N, m)`` values at ``x`` ``(N, d)``."""
+        n, m = len(x), self.widths[-1]
+        out = np.empty((n, m), dtype=x.dtype)
+        args = (
+            self.weights,
+            self.biases,
+            self.kinds,
+            self._blocks(n),
+            out.reshape(-1),
+            self._buffers(n, max(self.widths)),
+        )
+        _value_sweep(self.blas, self.ints, np.ascontiguousarray(x).reshape(-1), *args)
+        return out
+
+    def jacobian(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(value (N, m), adjoint (1, m, N, d))``, the layout of :func:`nnderiv.modes.reverse.sweep`."""
+        n, d, m = len(x), x.shape[1], self.widths[-1]
+        value, jacobian = np.empty((n, m), dtype=x.dtype), np.empty((1, m, n, d), dtype=x.dtype)
+        slopes = tuple(np.empty(n * w if kind else 0, dtype=x.dtype) for w, kind in zip(self.widths, self.kinds))
+        transposes = tuple(np.ascontiguousarray(W.T) for W in self.weights)
+        widest = m * max(d, *self.widths)
+        args = (self.weights, transposes, self.biases, self.kinds, self._blocks(n), self._blocks(m * n, True))
+        _jacobian_sweep(
+            self.blas, self.ints, np.ascontiguousarray(x).reshape(-1), *args,
+            value.reshape(-1), jacobian.reshape(-1), self._buffers(n, widest), slopes,
+        )  # fmt: skip
+        return value, jacobian
+
+
+def dense_sweep(model, dtype) -> DenseSweep | None:
+    """The compiled sweeps of ``model`` if it is a chain of Dense layers, each followed by at most
+    one activation of :data:`~nnderiv.backends.numba_activations.KINDS`, in float32 or float64,
+    and NumPy's OpenBLAS can be called; ``None`` otherwise."""
+    from ..engine import leaf_layers
+
+    dtype = np.dtype(dtype)
+    blas = numpy_blas()
+    if blas is None or dtype not in blas.addresses:
+        return None
+    weights, biases, kinds = [], [], []
+    for layer, _ in leaf_layers(model):
+        if "W" in layer.params:
+            W, b = layer.params["W"], layer.params["b"]
+            if not (isinstance(W, np.ndarray) and isinstance(b, np.ndarray)) or W.dtype != dtype or b.dtype != dtype:
+                return None
+            weights.append(np.ascontiguousarray(W))
+            biases.append(np.ascontiguousarray(b))
+            kinds.append(0)
+        elif hasattr(layer, "activation") and weights and kinds[-1] == 0 and layer.activation.name in KINDS:
+            kinds[-1] = KINDS[layer.activation.name]
+        else:  # an activation first, two in a row, or one nnderiv does not compile
+            return None
+    return DenseSweep(
+        tuple(weights), tuple(biases), np.array(kinds, dtype=np.int64), blas.addresses[dtype], blas.int_type(1)
+    )

@@ -1,0 +1,161 @@
+"""The compiled whole sweeps of a dense chain (nnderiv.backends.numba_sweeps).
+
+Oracle: the generic numba path, layer by layer (itself checked against the NumPy reference in
+test_backends.py and against independent oracles everywhere else). The compiled sweep makes the
+same BLAS calls on the same blocks of rows and applies the same activation functions, so the
+results must agree bit for bit, not merely to rounding; its BLAS calls are checked bit for bit
+against NumPy's ``matmul``, the call they replace.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import build_model, networks
+
+import nnderiv as nd
+from nnderiv.backends import numba_backend, numba_sweeps
+from nnderiv.backends.numba_activations import KINDS
+
+pytestmark = pytest.mark.skipif(numba_sweeps.numpy_blas() is None, reason="NumPy's BLAS is not an OpenBLAS")
+
+COMPILED = tuple(KINDS)  # the activations the compiled sweep takes
+
+
+def _generic(monkeypatch):
+    """Switch the compiled sweeps off: the engine's layer-by-layer sweep."""
+    monkeypatch.setattr(numba_backend, "dense_sweep", lambda *args: None)
+
+
+def _generic_results(model, x):
+    with pytest.MonkeyPatch.context() as patch:
+        _generic(patch)
+        return _both(model, x)
+
+
+def _both(model, x):
+    return nd.value(model, x), nd.jacobian(model, x, strategy="reverse")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(
+    a=st.integers(1, 70),
+    k=st.integers(1, 70),
+    b=st.sampled_from([1, 2, 3, 64]),
+    seed=st.integers(0, 2**16),
+)
+def test_matmul_is_numpys_bit_for_bit(dtype, a, k, b, seed):
+    """dot, gemv (a row or a column) and gemm, as NumPy's matmul chooses them."""
+    rng = np.random.default_rng(seed)
+    for m, n in ((a, b), (1, b), (a, 1), (1, 1)):
+        left, right = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+        out = np.empty((m, n), dtype=dtype)
+        blas = numba_sweeps.numpy_blas()
+        numba_sweeps._matmul(blas.addresses[np.dtype(dtype)], blas.int_type(1), left, right, out)
+        np.testing.assert_array_equal(out, left @ right, err_msg=f"({m}, {k}) x ({k}, {n})")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@given(spec=networks(max_depth=3, max_d=4, activations=COMPILED, max_width=9, output_activation=True), data=st.data())
+def test_compiled_sweeps_equal_the_generic_path_bit_for_bit(dtype, spec, data):
+    model = build_model(spec, dtype)
+    n = data.draw(st.sampled_from([1, 2, 63, 300]), label="N")
+    x = np.random.default_rng(n).uniform(-2, 2, (n, model.n_inputs)).astype(dtype)
+    assert numba_backend.dense_sweep(model, n, x.dtype) is not None
+    compiled, generic = _both(model, x), _generic_results(model, x)
+    for got, want, name in zip(compiled, generic, ("value", "jacobian")):
+        np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+@pytest.mark.parametrize("d", [2, 8])
+def test_benchmark_network_on_two_workers_takes_the_compiled_sweep(d, monkeypatch):
+    """The workloads W0 and W1: every chunk through the compiled sweep, same bits as without it."""
+    numba = pytest.importorskip("numba")
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs two Numba threads")
+    model = nd.MLP([d, 64, 64, 64, 1], seed=0)
+    x = np.random.default_rng(0).uniform(-1, 1, (4096, d))
+    taken = []
+    original = numba_backend.dense_sweep
+
+    def spy(*args):
+        sweep = original(*args)
+        taken.append(sweep is not None)
+        return sweep
+
+    previous = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        monkeypatch.setattr(numba_backend, "dense_sweep", spy)
+        compiled = _both(model, x)
+        assert len(taken) >= 4 and all(taken), "a chunk of the value or the Jacobian took the generic sweep"
+        _generic(monkeypatch)
+        generic = _both(model, x)
+    finally:
+        numba.set_num_threads(previous)
+    for got, want in zip(compiled, generic):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    "layers",
+    [
+        pytest.param(lambda: [nd.Activation("tanh"), nd.Dense(3, 2)], id="activation first"),
+        pytest.param(
+            lambda: [nd.Dense(3, 4), nd.Activation("tanh"), nd.Activation("sin"), nd.Dense(4, 1)], id="two in a row"
+        ),
+        pytest.param(lambda: [nd.Dense(3, 4), nd.Activation("gelu"), nd.Dense(4, 1)], id="not compiled: gelu"),
+    ],
+)
+def test_other_models_take_the_generic_sweep(layers):
+    model = nd.Sequential(*layers())
+    assert numba_sweeps.dense_sweep(model, np.float64) is None
+    x = np.random.default_rng(0).uniform(-1, 1, (5, 3))
+    with nd.use_backend("numpy"):
+        want = nd.value(model, x), nd.jacobian(model, x)
+    with nd.use_backend("numba"):
+        got = nd.value(model, x), nd.jacobian(model, x)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-14)
+
+
+def test_nested_models_and_float32_are_compiled():
+    inner = nd.Sequential(nd.Dense(3, 5, seed=1), nd.Activation("sigmoid"))
+    model = nd.Sequential(inner, nd.Dense(5, 2, seed=2), nd.Activation("cos"))
+    assert numba_sweeps.dense_sweep(model, np.float64) is not None
+    assert numba_sweeps.dense_sweep(nd.MLP([2, 4, 1], dtype="float32"), np.float32) is not None
+    assert numba_sweeps.dense_sweep(nd.MLP([2, 4, 1]), np.float32) is None  # the weights' dtype decides
+
+
+def test_another_blas_takes_the_generic_sweep(monkeypatch):
+    monkeypatch.setattr(numba_backend, "numpy_openblas", lambda: None)
+    numba_sweeps.numpy_blas.cache_clear()
+    try:
+        assert numba_sweeps.numpy_blas() is None
+        assert numba_sweeps.dense_sweep(nd.MLP([2, 4, 1]), np.float64) is None
+        model, x = nd.MLP([2, 4, 1], seed=0), np.ones((3, 2))
+        with nd.use_backend("numba"):
+            value = nd.value(model, x)
+        with nd.use_backend("numpy"):
+            np.testing.assert_allclose(value, nd.value(model, x), rtol=1e-12)
+    finally:
+        numba_sweeps.numpy_blas.cache_clear()
+
+
+def test_big_chunks_on_several_threads_take_the_parallel_kernels():
+    """One chunk too big for one thread, where Numba has several: the generic sweep's parallel
+    kernels (the compiled sweep's elementwise passes are serial)."""
+    numba = pytest.importorskip("numba")
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs two Numba threads")
+    model, previous = nd.MLP([2, 64, 1]), numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        assert numba_backend.dense_sweep(model, 10**5, np.float64) is None
+        assert numba_backend.dense_sweep(model, 100, np.float64) is not None
+        numba.set_num_threads(1)
+        assert numba_backend.dense_sweep(model, 10**5, np.float64) is not None
+    finally:
+        numba.set_num_threads(previous)
