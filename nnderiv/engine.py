@@ -191,20 +191,15 @@ def forward_chunk_size(model, mode, n_points: int, chunk_size, *, extra_rows: in
 
 def evaluate(model, mode, x: np.ndarray, chunk_size=None) -> np.ndarray:
     """The output stack ``(mode.n_rows, N, n_outputs)`` of ``model`` at the points ``x``, in chunks
-    of points (:func:`forward_chunk_size`)."""
-    parts = chunks(len(x), forward_chunk_size(model, mode, len(x), chunk_size))
-    return gather(zip(map_chunks(lambda part: _output(model, mode, x, part), parts), parts), len(x))
-
-
-def _output(model, mode, x, part):
-    """The output stack of ``mode`` at the points ``x[part]``. For the value alone (one row, no
-    pullback) one compiled call where the backend has one for ``model`` (:func:`kernels.dense_sweep`)."""
+    of points (:func:`forward_chunk_size`). The value alone (one row, no pullback) is one compiled
+    call where the backend has one for ``model`` (:func:`kernels.dense_sweep`)."""
+    size = forward_chunk_size(model, mode, len(x), chunk_size)
     if mode.n_rows == 1 and not mode.for_vjp:
-        n_points = len(range(len(x))[part])
-        sweep = kernels.dense_sweep(model, n_points, x.dtype)
+        sweep = kernels.dense_sweep(model, x.dtype)
         if sweep is not None:
-            return sweep.value(x[part])[None]
-    return _sweep(model, mode, x, part)[0]
+            return sweep.value(x, size)[None]
+    parts = chunks(len(x), size)
+    return gather(zip(map_chunks(lambda part: _sweep(model, mode, x, part)[0], parts), parts), len(x))
 
 
 def _sweep(model, mode, x, part):

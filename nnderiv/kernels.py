@@ -32,12 +32,12 @@ def workspace_bytes(rows: int, itemsize: int) -> int:
     return 0 if workspace is None else workspace(rows, itemsize)
 
 
-def dense_sweep(model, n_points: int, dtype):
-    """The active backend's whole sweeps of ``model`` at ``n_points`` points, one compiled call per
-    chunk (``.value(x)``, ``.jacobian(x)``: :mod:`nnderiv.backends.numba_sweeps`), or ``None``
-    where it has none for this model: then the engine sweeps layer by layer."""
+def dense_sweep(model, dtype):
+    """The active backend's compiled sweeps of ``model`` over all points (``.value(x, chunk)``,
+    ``.jacobian(x, chunk)``: :mod:`nnderiv.backends.numba_sweeps`), or ``None`` where it has none
+    for this model: then the engine sweeps layer by layer, chunk by chunk."""
     sweep = getattr(backends.active(), "dense_sweep", None)
-    return None if sweep is None else sweep(model, n_points, dtype)
+    return None if sweep is None else sweep(model, dtype)
 
 
 def activation_derivatives(activation, z, k: int):

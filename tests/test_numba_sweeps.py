@@ -29,14 +29,15 @@ def _generic(monkeypatch):
     monkeypatch.setattr(numba_backend, "dense_sweep", lambda *args: None)
 
 
-def _generic_results(model, x):
+def _generic_results(model, x, chunk_size=None):
     with pytest.MonkeyPatch.context() as patch:
         _generic(patch)
-        return _both(model, x)
+        return _both(model, x, chunk_size)
 
 
-def _both(model, x):
-    return nd.value(model, x), nd.jacobian(model, x, strategy="reverse")
+def _both(model, x, chunk_size=None):
+    kw = {"chunk_size": chunk_size}
+    return nd.value(model, x, **kw), nd.jacobian(model, x, strategy="reverse", **kw)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -61,42 +62,51 @@ def test_matmul_is_numpys_bit_for_bit(dtype, a, k, b, seed):
 @given(spec=networks(max_depth=3, max_d=4, activations=COMPILED, max_width=9, output_activation=True), data=st.data())
 def test_compiled_sweeps_equal_the_generic_path_bit_for_bit(dtype, spec, data):
     model = build_model(spec, dtype)
-    n = data.draw(st.sampled_from([1, 2, 63, 300]), label="N")
+    n = data.draw(st.sampled_from([0, 1, 2, 63, 300]), label="N")
+    chunk_size = data.draw(st.sampled_from([None, 1, 7, 64]), label="chunk_size")  # chunks on both workers
     x = np.random.default_rng(n).uniform(-2, 2, (n, model.n_inputs)).astype(dtype)
-    assert numba_backend.dense_sweep(model, n, x.dtype) is not None
-    compiled, generic = _both(model, x), _generic_results(model, x)
+    assert numba_backend.dense_sweep(model, x.dtype) is not None
+    compiled, generic = _both(model, x, chunk_size), _generic_results(model, x, chunk_size)
     for got, want, name in zip(compiled, generic, ("value", "jacobian")):
         np.testing.assert_array_equal(got, want, err_msg=name)
 
 
 @pytest.mark.parametrize("d", [2, 8])
 def test_benchmark_network_on_two_workers_takes_the_compiled_sweep(d, monkeypatch):
-    """The workloads W0 and W1: every chunk through the compiled sweep, same bits as without it."""
+    """The workloads W0 and W1: one compiled call each, its chunks on two threads, with BLAS on one
+    thread per worker while it runs; the same bits as layer by layer."""
     numba = pytest.importorskip("numba")
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs two Numba threads")
     model = nd.MLP([d, 64, 64, 64, 1], seed=0)
     x = np.random.default_rng(0).uniform(-1, 1, (4096, d))
-    taken = []
-    original = numba_backend.dense_sweep
+    seen = []
+    for name in ("_value_all", "_jacobian_all"):
+        kernel = getattr(numba_sweeps, name)
 
-    def spy(*args):
-        sweep = original(*args)
-        taken.append(sweep is not None)
-        return sweep
+        def spy(*args, kernel=kernel, name=name):
+            seen.append((name, args[-1], parallel_blas_threads()))
+            return kernel(*args)
 
+        monkeypatch.setattr(numba_sweeps, name, spy)
     previous = numba.get_num_threads()
     numba.set_num_threads(2)
     try:
-        monkeypatch.setattr(numba_backend, "dense_sweep", spy)
         compiled = _both(model, x)
-        assert len(taken) >= 4 and all(taken), "a chunk of the value or the Jacobian took the generic sweep"
-        _generic(monkeypatch)
-        generic = _both(model, x)
+        assert seen == [("_value_all", 2, 1), ("_jacobian_all", 2, 1)]
+        generic = _generic_results(model, x)
     finally:
         numba.set_num_threads(previous)
     for got, want in zip(compiled, generic):
         np.testing.assert_array_equal(got, want)
+
+
+def parallel_blas_threads() -> int:
+    """The thread count of NumPy's OpenBLAS now."""
+    from threadpoolctl import threadpool_info
+
+    library = numba_backend.numpy_openblas()
+    return next(info["num_threads"] for info in threadpool_info() if info["filepath"] == library["filepath"])
 
 
 @pytest.mark.parametrize(
@@ -142,20 +152,3 @@ def test_another_blas_takes_the_generic_sweep(monkeypatch):
             np.testing.assert_allclose(value, nd.value(model, x), rtol=1e-12)
     finally:
         numba_sweeps.numpy_blas.cache_clear()
-
-
-def test_big_chunks_on_several_threads_take_the_parallel_kernels():
-    """One chunk too big for one thread, where Numba has several: the generic sweep's parallel
-    kernels (the compiled sweep's elementwise passes are serial)."""
-    numba = pytest.importorskip("numba")
-    if numba.config.NUMBA_NUM_THREADS < 2:
-        pytest.skip("needs two Numba threads")
-    model, previous = nd.MLP([2, 64, 1]), numba.get_num_threads()
-    numba.set_num_threads(2)
-    try:
-        assert numba_backend.dense_sweep(model, 10**5, np.float64) is None
-        assert numba_backend.dense_sweep(model, 100, np.float64) is not None
-        numba.set_num_threads(1)
-        assert numba_backend.dense_sweep(model, 10**5, np.float64) is not None
-    finally:
-        numba.set_num_threads(previous)

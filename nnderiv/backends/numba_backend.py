@@ -52,8 +52,8 @@ ON_DEVICE = False
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 MALLOC_TUNED = keep_freed_memory()
 
-#: the value and the reverse-mode Jacobian of a dense chain as one compiled call per chunk
-#: (:mod:`~nnderiv.backends.numba_sweeps`: the same numbers, 10-25% faster); ``False``: layer by layer
+#: the value and the reverse-mode Jacobian of a dense chain as one compiled call over all chunks
+#: (:mod:`~nnderiv.backends.numba_sweeps`: the same numbers, faster); ``False``: layer by layer
 COMPILED_SWEEPS = True
 #: elements of one (rows, block) buffer: a few such buffers per thread stay in the L2 cache
 BUFFER_ELEMENTS = 32768
@@ -630,17 +630,11 @@ def workers() -> int:
     return numba.get_num_threads()
 
 
-def dense_sweep(model, n_points: int, dtype):
-    """The sweeps of ``model`` at ``n_points`` points, each one compiled call
-    (:mod:`~nnderiv.backends.numba_sweeps`), or ``None``: the engine's generic sweep. Used where a
-    chunk runs on one thread (inside a worker, or where its kernels would not go parallel anyway:
-    the compiled sweep's elementwise passes are serial), and :data:`COMPILED_SWEEPS` is on."""
-    if not COMPILED_SWEEPS:
-        return None
-    widest = max((W.shape[-1] for W in model.params.values()), default=0)
-    if n_points * widest >= PARALLEL_MIN_ELEMENTS and numba.get_num_threads() > 1:
-        return None
-    return numba_sweeps.dense_sweep(model, dtype)
+def dense_sweep(model, dtype):
+    """The value and Jacobian sweeps of ``model``, each one compiled call over all points and
+    workers (:mod:`~nnderiv.backends.numba_sweeps`), or ``None`` (the engine's generic sweep, and
+    where :data:`COMPILED_SWEEPS` is off)."""
+    return numba_sweeps.dense_sweep(model, dtype) if COMPILED_SWEEPS else None
 
 
 def bilinear(a, b, table):

@@ -1,18 +1,19 @@
-r"""A chunk's whole sweep in one compiled call: the value and the reverse-mode Jacobian of a dense chain.
+r"""The value and the reverse-mode Jacobian of a dense chain, every chunk of points in one compiled call.
 
 The value and the Jacobian are the cheapest quantities nnderiv computes: one stacked row forward
 (and ``m`` adjoint rows back). There, the generic engine's own cost shows: per layer and chunk, a
 few Python calls into separate kernels (the product, the bias, the activation, the adjoint step),
-each taking the GIL that the other worker may be waiting for. Here the sweep of one chunk through
-every layer is one compiled function that never returns to Python: the products are BLAS calls
+each taking the GIL that the other worker may be waiting for, and a helper thread to wake per
+call. Here a whole request is one compiled call: a Numba parallel loop over the workers, each
+taking its chunks through every layer without returning to Python. The products are BLAS calls
 made from the compiled code (the CBLAS functions of NumPy's own OpenBLAS, found through
-``threadpoolctl``), and each layer's bias and activation are one pass over its rows. Measured on
-the benchmark's network (``docs/performance.md``): the Jacobian 1.2-1.4x faster, the value (four
-products and three fills, little Python to save) within the noise.
+``threadpoolctl``, on one thread per worker), and each layer's bias and activation are one pass
+over its rows. Measured on the benchmark's network (``docs/backends.md``): the value 1.07-1.11x
+faster, the Jacobian 1.25x.
 
-Every number is the generic numba path's: the same BLAS calls on the same blocks of rows
-(:func:`~nnderiv.backends.numba_backend.affine`), the same additions, the same activation
-functions (:mod:`~nnderiv.backends.numba_activations`). Where a model is not a chain of
+Every number is the generic numba path's: the same BLAS calls on the same blocks of rows of the
+same chunks (:func:`~nnderiv.backends.numba_backend.affine`), the same additions, the same
+activation functions (:mod:`~nnderiv.backends.numba_activations`). Where a model is not a chain of
 :class:`~nnderiv.layers.Dense` layers, each followed by at most one activation nnderiv compiles, or
 NumPy's BLAS is not an OpenBLAS whose symbols are found, :func:`dense_sweep` returns ``None`` and
 the engine runs its generic sweep.
@@ -225,32 +226,53 @@ def _bias_activation(z, b, kind, slope, n):
             slope[s * width : e * width] = scratch[1, : len(block)]
 
 
+# --- the sweeps, on the parameters packed into one flat array -----------------------------------
+# (Numba's parallel loops take arrays, not tuples of them.) Row ``l`` of ``layout``: the offset of
+# layer l's ``W`` (n_in, n_out) in ``params``, n_in, n_out, the offset of its ``b``, the kind of the
+# activation after it (0: none); ``W^T`` lies at the same offset in ``transposes``.
+
+
 @_jit
-def _value_sweep(blas, ints, x, weights, biases, kinds, blocks, out, buffers):
-    """The value of the chain at the ``n`` points ``x`` (flat ``(n, d)``) into ``out`` (flat ``(n, m)``)."""
-    n = len(x) // weights[0].shape[0]
+def _layer(params, layout, layer, transposed):
+    """Layer ``layer``'s ``W`` (``W^T`` if ``transposed``, from the other array) and ``b``, as views."""
+    o, n_in, n_out, ob = layout[layer, 0], layout[layer, 1], layout[layer, 2], layout[layer, 3]
+    shape = (n_out, n_in) if transposed else (n_in, n_out)
+    return params[o : o + n_in * n_out].reshape(shape), params[ob : ob + n_out]
+
+
+@_jit
+def _value_chunk(blas, ints, x, params, layout, blocks, out, buffers):
+    """The value of the chain at the ``n`` points ``x`` (flat ``(n, d)``) into ``out`` (flat
+    ``(n, m)``); ``buffers`` ``(2, >= n * widest)``."""
+    n_layers = len(layout)
+    n = len(x) // layout[0, 1]
     h = x
-    no_slope = x[:0]
-    for layer in range(len(weights)):
-        z = out if layer == len(weights) - 1 else buffers[layer % 2]
-        _product(blas, ints, h, weights[layer], z, n, blocks[layer])
-        _bias_activation(z, biases[layer], kinds[layer], no_slope, n)
+    for layer in range(n_layers):
+        W, b = _layer(params, layout, layer, False)
+        z = out if layer == n_layers - 1 else buffers[layer % 2]
+        _product(blas, ints, h, W, z, n, blocks[layer])
+        _bias_activation(z, b, layout[layer, 4], x[:0], n)
         h = z
 
 
 @_jit
-def _jacobian_sweep(
-    blas, ints, x, weights, transposes, biases, kinds, blocks, back_blocks, value, jacobian, buffers, slopes
-):
+def _jacobian_chunk(blas, ints, x, params, transposes, layout, blocks, back_blocks, value, jacobian, buffers, slopes):
     """Value (flat ``(n, m)``) and Jacobian (flat ``(m, n, d)``: row ``k`` is ``grad f_k``) of the
-    chain at the ``n`` points ``x``; ``slopes``: one flat ``(n, width)`` buffer per layer."""
-    n_layers = len(weights)
-    n, m = len(x) // weights[0].shape[0], weights[n_layers - 1].shape[1]
-    h = x
+    chain at the ``n`` points ``x``; ``buffers`` ``(2, >= n * m * widest)``, ``slopes`` room for
+    ``g'`` of every activation, ``n * width`` each."""
+    n_layers = len(layout)
+    n, m = len(x) // layout[0, 1], layout[n_layers - 1, 2]
+    h, kept = x, 0
+    starts = np.empty(n_layers, dtype=np.int64)  # where each layer's g' is kept in ``slopes``
     for layer in range(n_layers):
+        W, b = _layer(params, layout, layer, False)
+        width = layout[layer, 2]
         z = value if layer == n_layers - 1 else buffers[layer % 2]
-        _product(blas, ints, h, weights[layer], z, n, blocks[layer])
-        _bias_activation(z, biases[layer], kinds[layer], slopes[layer], n)
+        _product(blas, ints, h, W, z, n, blocks[layer])
+        size = n * width if layout[layer, 4] != 0 else 0
+        starts[layer] = kept
+        _bias_activation(z, b, layout[layer, 4], slopes[kept : kept + size], n)
+        kept += size
         h = z
     # adjoint rows (m, n, width), output k's row seeded with e_k
     adjoint = buffers[0][: m * n * m]
@@ -259,68 +281,123 @@ def _jacobian_sweep(
         for p in range(n):
             adjoint[(k * n + p) * m + k] = 1.0
     for layer in range(n_layers - 1, -1, -1):
-        if kinds[layer] != 0:
-            slope, width = slopes[layer], weights[layer].shape[1]
+        WT, _ = _layer(transposes, layout, layer, True)
+        if layout[layer, 4] != 0:
+            width = layout[layer, 2]
+            slope = slopes[starts[layer] : starts[layer] + n * width]
             for k in range(m):
                 row = adjoint[k * n * width : (k + 1) * n * width]
                 for i in range(n * width):
                     row[i] = row[i] * slope[i]
         target = jacobian if layer == 0 else buffers[(n_layers - layer) % 2]
-        _product(blas, ints, adjoint, transposes[layer], target, m * n, back_blocks[layer])
+        _product(blas, ints, adjoint, WT, target, m * n, back_blocks[layer])
         adjoint = target
+
+
+@_jit
+def _value_share(blas, ints, x, params, layout, blocks, out, buffers, chunk, worker, n_workers):
+    """Worker ``worker``'s chunks of :func:`_value_all`: chunks ``worker``, ``worker + n_workers``, ..."""
+    d, m = layout[0, 1], layout[len(layout) - 1, 2]
+    n, half = len(x) // d, buffers.shape[1] // 2
+    work = buffers[worker, : 2 * half].reshape((2, half))
+    for s in range(worker * chunk, n, n_workers * chunk):
+        e = min(n, s + chunk)
+        last = 1 if e - s < chunk else 0  # a shorter last chunk has its own blocks of rows
+        _value_chunk(blas, ints, x[s * d : e * d], params, layout, blocks[last], out[s * m : e * m], work)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+def _value_all(blas, ints, x, params, layout, blocks, out, buffers, chunk, n_workers):
+    """The value at every point of ``x``, in chunks of ``chunk`` points, on ``n_workers`` threads."""
+    for worker in numba.prange(n_workers):
+        _value_share(blas, ints, x, params, layout, blocks, out, buffers, chunk, worker, n_workers)
+
+
+@_jit
+def _jacobian_share(
+    blas, ints, x, params, transposes, layout, blocks, value, jacobian, buffers, chunk, worker, n_workers
+):
+    """Worker ``worker``'s chunks of :func:`_jacobian_all`; ``jacobian`` flat ``(m, N, d)``."""
+    d, m = layout[0, 1], layout[len(layout) - 1, 2]
+    n = len(x) // d
+    work = buffers[worker]
+    size = (len(work) - chunk * m * d) // 3  # (two sweep buffers, g' and one chunk's Jacobian)
+    sweep = work[: 2 * size].reshape((2, size))
+    slopes, own = work[2 * size : 3 * size], work[3 * size :]
+    for s in range(worker * chunk, n, n_workers * chunk):
+        e = min(n, s + chunk)
+        last = 1 if e - s < chunk else 0
+        rows = (e - s) * d
+        target = jacobian[s * d : e * d] if m == 1 else own[: m * rows]
+        _jacobian_chunk(
+            blas, ints, x[s * d : e * d], params, transposes, layout, blocks[last], blocks[2 + last],
+            value[s * m : e * m], target, sweep, slopes,
+        )  # fmt: skip
+        if m > 1:  # output k's rows into their place among all N points
+            for k in range(m):
+                jacobian[k * n * d + s * d : k * n * d + e * d] = own[k * rows : (k + 1) * rows]
+
+
+@numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+def _jacobian_all(blas, ints, x, params, transposes, layout, blocks, value, jacobian, buffers, chunk, n_workers):
+    """Value and Jacobian at every point of ``x``, in chunks of ``chunk`` points, on ``n_workers`` threads."""
+    for worker in numba.prange(n_workers):
+        _jacobian_share(
+            blas, ints, x, params, transposes, layout, blocks, value, jacobian, buffers, chunk, worker, n_workers
+        )
 
 
 @dataclass(frozen=True)
 class DenseSweep:
-    """The compiled sweeps of one dense chain (:func:`dense_sweep`)."""
+    """The compiled sweeps of one dense chain (:func:`dense_sweep`), its parameters packed."""
 
-    weights: tuple
-    biases: tuple
-    kinds: np.ndarray
+    params: np.ndarray  # every W and b, flat
+    transposes: np.ndarray  # every W^T, at the offsets of the W
+    layout: np.ndarray  # (n_layers, 5): see above
     blas: np.ndarray  # the addresses of Blas.addresses for this dtype
     ints: np.integer  # a value of the library's integer type
 
-    @property
-    def widths(self) -> list[int]:
-        return [W.shape[1] for W in self.weights]
-
-    def _blocks(self, n: int, transposed: bool = False) -> np.ndarray:
+    def _blocks(self, n: int, chunk: int, transposed: bool = False) -> np.ndarray:
+        """Rows per BLAS call of every layer's product, for a whole chunk and for the last one."""
         from .numba_backend import _gemm_block_rows
 
-        shapes = [W.shape[::-1] if transposed else W.shape for W in self.weights]
-        return np.array([max(1, _gemm_block_rows(n, *shape)) for shape in shapes], dtype=np.int64)
+        shapes = [(n_out, n_in) if transposed else (n_in, n_out) for n_in, n_out in self.layout[:, 1:3]]
+        lengths = (chunk, n % chunk or chunk)
+        return np.array([[max(1, _gemm_block_rows(rows, *shape)) for shape in shapes] for rows in lengths])
 
-    def _buffers(self, n: int, widest: int):
-        dtype = self.weights[0].dtype
-        return tuple(np.empty(n * widest, dtype=dtype) for _ in range(2))
+    def _run(self, kernel, share, args, n: int, chunk: int, per_worker: int):
+        """``kernel`` (parallel) over the chunks on the workers, or ``share`` on this thread."""
+        from ..parallel import single_threaded_blas, workers
 
-    def value(self, x: np.ndarray) -> np.ndarray:
-        """``(N, m)`` values at ``x`` ``(N, d)``."""
-        n, m = len(x), self.widths[-1]
+        n_workers = max(1, min(workers(), -(-n // chunk)))
+        buffers = np.empty((n_workers, per_worker), dtype=self.params.dtype)
+        head = (self.blas, self.ints)
+        if n_workers == 1:
+            share(*head, *args, buffers, chunk, 0, 1)
+            return
+        with single_threaded_blas():  # each worker's products on its own thread
+            kernel(*head, *args, buffers, chunk, n_workers)
+
+    def value(self, x: np.ndarray, chunk: int) -> np.ndarray:
+        """``(N, m)`` values at ``x`` ``(N, d)``, ``chunk`` points at a time on each worker."""
+        n, m, widest = len(x), self.layout[-1, 2], self.layout[:, 2].max()
+        chunk = max(1, min(chunk, n))
         out = np.empty((n, m), dtype=x.dtype)
-        args = (
-            self.weights,
-            self.biases,
-            self.kinds,
-            self._blocks(n),
-            out.reshape(-1),
-            self._buffers(n, max(self.widths)),
-        )
-        _value_sweep(self.blas, self.ints, np.ascontiguousarray(x).reshape(-1), *args)
+        args = (np.ascontiguousarray(x).reshape(-1), self.params, self.layout, self._blocks(n, chunk), out.reshape(-1))
+        self._run(_value_all, _value_share, args, n, chunk, 2 * chunk * widest)
         return out
 
-    def jacobian(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(value (N, m), adjoint (1, m, N, d))``, the layout of :func:`nnderiv.modes.reverse.sweep`."""
-        n, d, m = len(x), x.shape[1], self.widths[-1]
+    def jacobian(self, x: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(value (N, m), adjoint (1, m, N, d))`` at ``x`` (the layout of
+        :func:`nnderiv.modes.reverse.sweep`), ``chunk`` points at a time on each worker."""
+        n, d, m = len(x), x.shape[1], self.layout[-1, 2]
+        chunk = max(1, min(chunk, n))
         value, jacobian = np.empty((n, m), dtype=x.dtype), np.empty((1, m, n, d), dtype=x.dtype)
-        slopes = tuple(np.empty(n * w if kind else 0, dtype=x.dtype) for w, kind in zip(self.widths, self.kinds))
-        transposes = tuple(np.ascontiguousarray(W.T) for W in self.weights)
-        widest = m * max(d, *self.widths)
-        args = (self.weights, transposes, self.biases, self.kinds, self._blocks(n), self._blocks(m * n, True))
-        _jacobian_sweep(
-            self.blas, self.ints, np.ascontiguousarray(x).reshape(-1), *args,
-            value.reshape(-1), jacobian.reshape(-1), self._buffers(n, widest), slopes,
-        )  # fmt: skip
+        size = chunk * max(m * max(d, self.layout[:, 2].max()), self.layout[:, 2].sum())
+        blocks = np.concatenate([self._blocks(n, chunk), self._blocks(m * n, m * chunk, transposed=True)])
+        flat = np.ascontiguousarray(x).reshape(-1)
+        args = (flat, self.params, self.transposes, self.layout, blocks, value.reshape(-1), jacobian.reshape(-1))
+        self._run(_jacobian_all, _jacobian_share, args, n, chunk, 3 * size + chunk * m * d)
         return value, jacobian
 
 
@@ -334,19 +411,22 @@ def dense_sweep(model, dtype) -> DenseSweep | None:
     blas = numpy_blas()
     if blas is None or dtype not in blas.addresses:
         return None
-    weights, biases, kinds = [], [], []
+    dense, kinds = [], []
     for layer, _ in leaf_layers(model):
         if "W" in layer.params:
             W, b = layer.params["W"], layer.params["b"]
             if not (isinstance(W, np.ndarray) and isinstance(b, np.ndarray)) or W.dtype != dtype or b.dtype != dtype:
                 return None
-            weights.append(np.ascontiguousarray(W))
-            biases.append(np.ascontiguousarray(b))
+            dense.append((W, b))
             kinds.append(0)
-        elif hasattr(layer, "activation") and weights and kinds[-1] == 0 and layer.activation.name in KINDS:
+        elif hasattr(layer, "activation") and dense and kinds[-1] == 0 and layer.activation.name in KINDS:
             kinds[-1] = KINDS[layer.activation.name]
         else:  # an activation first, two in a row, or one nnderiv does not compile
             return None
-    return DenseSweep(
-        tuple(weights), tuple(biases), np.array(kinds, dtype=np.int64), blas.addresses[dtype], blas.int_type(1)
-    )
+    sizes = [size for W, b in dense for size in (W.size, b.size)]
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64).reshape(-1, 2)
+    shapes = np.array([W.shape for W, _ in dense], dtype=np.int64)
+    layout = np.column_stack([offsets[:, 0], shapes, offsets[:, 1], np.array(kinds, dtype=np.int64)])
+    params = np.concatenate([a.reshape(-1) for W, b in dense for a in (W, b)])
+    transposes = np.concatenate([a.reshape(-1) for W, b in dense for a in (W.T, b)])
+    return DenseSweep(params, transposes, np.ascontiguousarray(layout), blas.addresses[dtype], blas.int_type(1))

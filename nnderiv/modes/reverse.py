@@ -102,7 +102,12 @@ def sweep(model, mode, x: np.ndarray, chunk_size=None) -> tuple[np.ndarray, np.n
     ``grad f_k``, ``adjoint[t, k]`` its derivative along the series' tangent ``t``.
     """
     extra_rows = model.n_outputs * mode.n_rows
-    parts = engine.chunks(len(x), engine.forward_chunk_size(model, mode, len(x), chunk_size, extra_rows=extra_rows))
+    size = engine.forward_chunk_size(model, mode, len(x), chunk_size, extra_rows=extra_rows)
+    if mode.n_rows == 1:  # the Jacobian: one compiled call where the backend has one for the model
+        compiled = kernels.dense_sweep(model, x.dtype)
+        if compiled is not None:
+            return compiled.jacobian(x, size)
+    parts = engine.chunks(len(x), size)
     value = adjoint = None
     sweeps = map_chunks(lambda part: _sweep(model, mode, x[part], part), parts)
     for part, (chunk_value, chunk_adjoint) in zip(parts, sweeps):
@@ -116,10 +121,6 @@ def sweep(model, mode, x: np.ndarray, chunk_size=None) -> tuple[np.ndarray, np.n
 
 
 def _sweep(model, mode, x, part) -> tuple[np.ndarray, np.ndarray]:
-    if mode.n_rows == 1:  # the Jacobian: one compiled call where the backend has one for the model
-        sweep = kernels.dense_sweep(model, len(x), x.dtype)
-        if sweep is not None:
-            return sweep.jacobian(x)
     layers = [layer for layer, _ in engine.leaf_layers(model)]
     stack, saved = mode.seed(x, part), []
     for layer in layers:
