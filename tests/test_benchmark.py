@@ -73,6 +73,17 @@ def test_gemm_count_of_the_value_is_one_stacked_row(problem):
     assert backends.load("numpy").affine.__name__ == "affine"  # the counting wrapper is removed
 
 
+def test_gemm_count_sees_the_products_of_the_compiled_sweeps(problem):
+    """numba's value and Jacobian call BLAS from compiled code: counted on the layer-by-layer path
+    (the same calls), which is switched back on for the count only."""
+    numba_backend = backends.load("numba")
+    for key, rows in (("W0", 1.0), ("W1", 2.0)):
+        method = bench.nnderiv_method(bench.WORKLOADS[key], problem, "numba")
+        bench.check_then_time([method], repeats=1, warmup=0, max_call_s=60.0)
+        assert bench.gemm_profile(method, problem, runs=1)["rows"] == pytest.approx(rows)
+        assert numba_backend.COMPILED_SWEEPS is True
+
+
 @pytest.mark.parametrize("key", ["W3", "W6"])
 def test_chunked_run_picks_the_largest_chunk_the_memory_guard_accepts(key):
     limit, n = 2**18, 1024
