@@ -314,6 +314,19 @@ def _value_all(blas, ints, x, params, layout, blocks, out, buffers, chunk, n_wor
 
 
 @_jit
+def _jacobian_workspace(layout, chunk):
+    """Elements of one worker's buffers for :func:`_jacobian_share`: each of the two sweep buffers
+    (forward rows, then ``m`` adjoint rows, at most ``max(d, widest)`` wide), the kept ``g'`` of
+    every activation, and one chunk's Jacobian (``m > 1``: written into place after)."""
+    d, m = layout[0, 1], layout[len(layout) - 1, 2]
+    widest, kept = d, 0
+    for layer in range(len(layout)):
+        widest = max(widest, layout[layer, 2])
+        kept += layout[layer, 2] if layout[layer, 4] != 0 else 0
+    return chunk * m * widest, chunk * kept, chunk * m * d
+
+
+@_jit
 def _jacobian_share(
     blas, ints, x, params, transposes, layout, blocks, value, jacobian, buffers, chunk, worker, n_workers
 ):
@@ -321,9 +334,9 @@ def _jacobian_share(
     d, m = layout[0, 1], layout[len(layout) - 1, 2]
     n = len(x) // d
     work = buffers[worker]
-    size = (len(work) - chunk * m * d) // 3  # (two sweep buffers, g' and one chunk's Jacobian)
+    size, kept, _ = _jacobian_workspace(layout, chunk)
     sweep = work[: 2 * size].reshape((2, size))
-    slopes, own = work[2 * size : 3 * size], work[3 * size :]
+    slopes, own = work[2 * size : 2 * size + kept], work[2 * size + kept :]
     for s in range(worker * chunk, n, n_workers * chunk):
         e = min(n, s + chunk)
         last = 1 if e - s < chunk else 0
@@ -393,11 +406,11 @@ class DenseSweep:
         n, d, m = len(x), x.shape[1], self.layout[-1, 2]
         chunk = max(1, min(chunk, n))
         value, jacobian = np.empty((n, m), dtype=x.dtype), np.empty((1, m, n, d), dtype=x.dtype)
-        size = chunk * max(m * max(d, self.layout[:, 2].max()), self.layout[:, 2].sum())
         blocks = np.concatenate([self._blocks(n, chunk), self._blocks(m * n, m * chunk, transposed=True)])
         flat = np.ascontiguousarray(x).reshape(-1)
         args = (flat, self.params, self.transposes, self.layout, blocks, value.reshape(-1), jacobian.reshape(-1))
-        self._run(_jacobian_all, _jacobian_share, args, n, chunk, 3 * size + chunk * m * d)
+        sweep, kept, own = _jacobian_workspace(self.layout, chunk)
+        self._run(_jacobian_all, _jacobian_share, args, n, chunk, 2 * sweep + kept + own)
         return value, jacobian
 
 
