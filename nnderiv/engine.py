@@ -192,7 +192,7 @@ def forward_chunk_size(model, mode, n_points: int, chunk_size, *, extra_rows: in
 def evaluate(model, mode, x: np.ndarray, chunk_size=None) -> np.ndarray:
     """The output stack ``(mode.n_rows, N, n_outputs)`` of ``model`` at the points ``x``, in chunks
     of points (:func:`forward_chunk_size`). The value alone (one row, no pullback) is one compiled
-    call where the backend has one for ``model`` (:func:`kernels.dense_sweep`)."""
+    call per worker where the backend has one for ``model`` (:func:`kernels.dense_sweep`)."""
     size = forward_chunk_size(model, mode, len(x), chunk_size)
     if mode.n_rows == 1 and not mode.for_vjp:
         sweep = kernels.dense_sweep(model, x.dtype)

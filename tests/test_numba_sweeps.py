@@ -17,11 +17,10 @@ from strategies import build_model, networks
 
 import nnderiv as nd
 from nnderiv.backends import numba_backend, numba_sweeps
-from nnderiv.backends.numba_activations import KINDS
 
 pytestmark = pytest.mark.skipif(numba_sweeps.numpy_blas() is None, reason="NumPy's BLAS is not an OpenBLAS")
 
-COMPILED = tuple(KINDS)  # the activations the compiled sweep takes
+COMPILED = numba_sweeps.COMPILED  # the activations the compiled sweep takes
 
 
 def _generic(monkeypatch):
@@ -73,27 +72,29 @@ def test_compiled_sweeps_equal_the_generic_path_bit_for_bit(dtype, spec, data):
 
 @pytest.mark.parametrize("d", [2, 8])
 def test_benchmark_network_on_two_workers_takes_the_compiled_sweep(d, monkeypatch):
-    """The workloads W0 and W1: one compiled call each, its chunks on two threads, with BLAS on one
-    thread per worker while it runs; the same bits as layer by layer."""
+    """The workloads W0 and W1: one compiled call per worker, each taking its chunks, with BLAS on
+    one thread per worker while they run; the same bits as layer by layer."""
     numba = pytest.importorskip("numba")
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs two Numba threads")
     model = nd.MLP([d, 64, 64, 64, 1], seed=0)
     x = np.random.default_rng(0).uniform(-1, 1, (4096, d))
     seen = []
-    for name in ("_value_all", "_jacobian_all"):
-        kernel = getattr(numba_sweeps, name)
+    for name in ("_value_share", "_jacobian_share"):
+        share = getattr(numba_sweeps, name)
 
-        def spy(*args, kernel=kernel, name=name):
-            seen.append((name, args[-1], parallel_blas_threads()))
-            return kernel(*args)
+        def spy(*args, share=share, name=name):
+            seen.append((name, args[-2], args[-1], parallel_blas_threads()))  # worker, workers
+            return share(*args)
 
         monkeypatch.setattr(numba_sweeps, name, spy)
     previous = numba.get_num_threads()
     numba.set_num_threads(2)
     try:
         compiled = _both(model, x)
-        assert seen == [("_value_all", 2, 1), ("_jacobian_all", 2, 1)]
+        assert sorted(seen) == [
+            (name, worker, 2, 1) for name in ("_jacobian_share", "_value_share") for worker in (0, 1)
+        ]
         generic = _generic_results(model, x)
     finally:
         numba.set_num_threads(previous)
@@ -117,6 +118,7 @@ def parallel_blas_threads() -> int:
             lambda: [nd.Dense(3, 4), nd.Activation("tanh"), nd.Activation("sin"), nd.Dense(4, 1)], id="two in a row"
         ),
         pytest.param(lambda: [nd.Dense(3, 4), nd.Activation("gelu"), nd.Dense(4, 1)], id="not compiled: gelu"),
+        pytest.param(lambda: [nd.Dense(3, 4), nd.Activation("silu"), nd.Dense(4, 1)], id="not compiled: silu"),
     ],
 )
 def test_other_models_take_the_generic_sweep(layers):
@@ -133,7 +135,7 @@ def test_other_models_take_the_generic_sweep(layers):
 
 def test_nested_models_and_float32_are_compiled():
     inner = nd.Sequential(nd.Dense(3, 5, seed=1), nd.Activation("sigmoid"))
-    model = nd.Sequential(inner, nd.Dense(5, 2, seed=2), nd.Activation("cos"))
+    model = nd.Sequential(inner, nd.Dense(5, 2, seed=2), nd.Activation("tanh"))
     assert numba_sweeps.dense_sweep(model, np.float64) is not None
     assert numba_sweeps.dense_sweep(nd.MLP([2, 4, 1], dtype="float32"), np.float32) is not None
     assert numba_sweeps.dense_sweep(nd.MLP([2, 4, 1]), np.float32) is None  # the weights' dtype decides

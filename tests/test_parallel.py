@@ -19,7 +19,6 @@ from threadpoolctl import threadpool_info
 
 import nnderiv as nd
 from nnderiv import engine, parallel
-from nnderiv.backends import numba_sweeps
 
 RTOL = 1e-12
 N = 3000  # points: several chunks for every mode below, for two workers
@@ -98,14 +97,6 @@ def test_every_call_runs_several_chunks_on_two_workers(two_workers, monkeypatch)
         return original(n_workers)
 
     monkeypatch.setattr(parallel, "_pool", counting_pool)
-    for name in ("_value_all", "_jacobian_all"):  # the compiled sweeps: workers in one Numba parallel call
-        kernel = getattr(numba_sweeps, name)
-
-        def counting_kernel(*args, kernel=kernel):
-            seen.append(args[-1] - 1)  # helpers beside the caller
-            return kernel(*args)
-
-        monkeypatch.setattr(numba_sweeps, name, counting_kernel)
     for name, call in _calls(model, x):
         seen.clear()
         call()

@@ -52,8 +52,8 @@ ON_DEVICE = False
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 MALLOC_TUNED = keep_freed_memory()
 
-#: the value and the reverse-mode Jacobian of a dense chain as one compiled call over all chunks
-#: (:mod:`~nnderiv.backends.numba_sweeps`: the same numbers, faster); ``False``: layer by layer
+#: the value and the reverse-mode Jacobian of a dense tanh or sigmoid chain as one compiled call per
+#: worker (:mod:`~nnderiv.backends.numba_sweeps`: the same numbers, faster); ``False``: layer by layer
 COMPILED_SWEEPS = True
 #: elements of one (rows, block) buffer: a few such buffers per thread stay in the L2 cache
 BUFFER_ELEMENTS = 32768
@@ -631,9 +631,9 @@ def workers() -> int:
 
 
 def dense_sweep(model, dtype):
-    """The value and Jacobian sweeps of ``model``, each one compiled call over all points and
-    workers (:mod:`~nnderiv.backends.numba_sweeps`), or ``None`` (the engine's generic sweep, and
-    where :data:`COMPILED_SWEEPS` is off)."""
+    """The value and Jacobian sweeps of ``model``, one compiled call per worker over all its chunks
+    (:mod:`~nnderiv.backends.numba_sweeps`), or ``None`` (the engine's generic sweep, and where
+    :data:`COMPILED_SWEEPS` is off)."""
     return numba_sweeps.dense_sweep(model, dtype) if COMPILED_SWEEPS else None
 
 

@@ -34,12 +34,13 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from .numba_activations import FILL_FASTMATH, KINDS, fill_block, sigmoid_parts, tanh_sech2, wide_vectors
+from .numba_activations import FILL_FASTMATH, KINDS, sigmoid_parts, tanh_sech2, wide_vectors
 
 #: row-major; no transposition, transposition (CBLAS's enumerations)
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
-#: elements of one block of rows taken through bias and activation at once (in the L1 cache)
-ROW_BLOCK_ELEMENTS = 2048
+#: the activations a compiled sweep takes (those with one-pass fills of g and g'; the others, whose
+#: fills would triple the compile time of every sweep, go layer by layer)
+COMPILED = ("tanh", "sigmoid")
 
 
 @dataclass(frozen=True)
@@ -194,36 +195,21 @@ def _tanh_or_sigmoid(kind, v):
 @_jit
 def _bias_activation(z, b, kind, slope, n):
     """``z = g(z + b)`` on ``z[:n * width]`` in place, and ``slope = g'(z + b)`` where ``slope``
-    is not empty; ``kind`` 0: the bias alone. Tanh and sigmoid in one pass over each row (written
-    in place element by element, so that the loops vectorize), the others block by block through
-    :func:`~nnderiv.backends.numba_activations.fill_block`."""
+    is not empty; ``kind`` 0: the bias alone. One pass over each row, written in place element by
+    element so that the loops vectorize."""
     wide_vectors()
     width, save = len(b), len(slope) > 0
-    if kind <= 2:
-        for p in range(n):
-            o = p * width
-            if kind == 0:
-                for j in range(width):
-                    z[o + j] += b[j]
-            elif save:
-                for j in range(width):
-                    z[o + j], slope[o + j] = _tanh_or_sigmoid(kind, z[o + j] + b[j])
-            else:
-                for j in range(width):
-                    z[o + j] = _tanh_or_sigmoid(kind, z[o + j] + b[j])[0]
-        return
-    rows = max(1, ROW_BLOCK_ELEMENTS // width)
-    scratch = np.empty((3, rows * width), dtype=z.dtype)
-    for s in range(0, n, rows):
-        e = min(n, s + rows)
-        for p in range(s, e):
+    for p in range(n):
+        o = p * width
+        if kind == 0:
             for j in range(width):
-                z[p * width + j] += b[j]
-        block = z[s * width : e * width]
-        fill_block(kind, block, scratch, int(save), len(block), scratch[2])
-        block[:] = scratch[0, : len(block)]
-        if save:
-            slope[s * width : e * width] = scratch[1, : len(block)]
+                z[o + j] += b[j]
+        elif save:
+            for j in range(width):
+                z[o + j], slope[o + j] = _tanh_or_sigmoid(kind, z[o + j] + b[j])
+        else:
+            for j in range(width):
+                z[o + j] = _tanh_or_sigmoid(kind, z[o + j] + b[j])[0]
 
 
 # --- the sweeps, on the parameters packed into one flat array -----------------------------------
@@ -296,7 +282,7 @@ def _jacobian_chunk(blas, ints, x, params, transposes, layout, blocks, back_bloc
 
 @_jit
 def _value_share(blas, ints, x, params, layout, blocks, out, buffers, chunk, worker, n_workers):
-    """Worker ``worker``'s chunks of :func:`_value_all`: chunks ``worker``, ``worker + n_workers``, ..."""
+    """Worker ``worker``'s chunks of the value: chunks ``worker``, ``worker + n_workers``, ..."""
     d, m = layout[0, 1], layout[len(layout) - 1, 2]
     n, half = len(x) // d, buffers.shape[1] // 2
     work = buffers[worker, : 2 * half].reshape((2, half))
@@ -304,13 +290,6 @@ def _value_share(blas, ints, x, params, layout, blocks, out, buffers, chunk, wor
         e = min(n, s + chunk)
         last = 1 if e - s < chunk else 0  # a shorter last chunk has its own blocks of rows
         _value_chunk(blas, ints, x[s * d : e * d], params, layout, blocks[last], out[s * m : e * m], work)
-
-
-@numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
-def _value_all(blas, ints, x, params, layout, blocks, out, buffers, chunk, n_workers):
-    """The value at every point of ``x``, in chunks of ``chunk`` points, on ``n_workers`` threads."""
-    for worker in numba.prange(n_workers):
-        _value_share(blas, ints, x, params, layout, blocks, out, buffers, chunk, worker, n_workers)
 
 
 @_jit
@@ -330,7 +309,7 @@ def _jacobian_workspace(layout, chunk):
 def _jacobian_share(
     blas, ints, x, params, transposes, layout, blocks, value, jacobian, buffers, chunk, worker, n_workers
 ):
-    """Worker ``worker``'s chunks of :func:`_jacobian_all`; ``jacobian`` flat ``(m, N, d)``."""
+    """Worker ``worker``'s chunks of the value and the Jacobian; ``jacobian`` flat ``(m, N, d)``."""
     d, m = layout[0, 1], layout[len(layout) - 1, 2]
     n = len(x) // d
     work = buffers[worker]
@@ -351,15 +330,6 @@ def _jacobian_share(
                 jacobian[k * n * d + s * d : k * n * d + e * d] = own[k * rows : (k + 1) * rows]
 
 
-@numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
-def _jacobian_all(blas, ints, x, params, transposes, layout, blocks, value, jacobian, buffers, chunk, n_workers):
-    """Value and Jacobian at every point of ``x``, in chunks of ``chunk`` points, on ``n_workers`` threads."""
-    for worker in numba.prange(n_workers):
-        _jacobian_share(
-            blas, ints, x, params, transposes, layout, blocks, value, jacobian, buffers, chunk, worker, n_workers
-        )
-
-
 @dataclass(frozen=True)
 class DenseSweep:
     """The compiled sweeps of one dense chain (:func:`dense_sweep`), its parameters packed."""
@@ -378,18 +348,16 @@ class DenseSweep:
         lengths = (chunk, n % chunk or chunk)
         return np.array([[max(1, _gemm_block_rows(rows, *shape)) for shape in shapes] for rows in lengths])
 
-    def _run(self, kernel, share, args, n: int, chunk: int, per_worker: int):
-        """``kernel`` (parallel) over the chunks on the workers, or ``share`` on this thread."""
-        from ..parallel import single_threaded_blas, workers
+    def _run(self, share, args, n: int, chunk: int, per_worker: int):
+        """``share`` for every worker (:mod:`nnderiv.parallel`: the caller and the helper threads,
+        BLAS on one thread each), each taking its chunks in one compiled call."""
+        from ..parallel import map_chunks, workers
 
         n_workers = max(1, min(workers(), -(-n // chunk)))
         buffers = np.empty((n_workers, per_worker), dtype=self.params.dtype)
-        head = (self.blas, self.ints)
-        if n_workers == 1:
-            share(*head, *args, buffers, chunk, 0, 1)
-            return
-        with single_threaded_blas():  # each worker's products on its own thread
-            kernel(*head, *args, buffers, chunk, n_workers)
+        head = (self.blas, self.ints, *args, buffers, chunk)
+        for _ in map_chunks(lambda worker: share(*head, worker, n_workers), range(n_workers)):
+            pass
 
     def value(self, x: np.ndarray, chunk: int) -> np.ndarray:
         """``(N, m)`` values at ``x`` ``(N, d)``, ``chunk`` points at a time on each worker."""
@@ -397,7 +365,7 @@ class DenseSweep:
         chunk = max(1, min(chunk, n))
         out = np.empty((n, m), dtype=x.dtype)
         args = (np.ascontiguousarray(x).reshape(-1), self.params, self.layout, self._blocks(n, chunk), out.reshape(-1))
-        self._run(_value_all, _value_share, args, n, chunk, 2 * chunk * widest)
+        self._run(_value_share, args, n, chunk, 2 * chunk * widest)
         return out
 
     def jacobian(self, x: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -410,13 +378,13 @@ class DenseSweep:
         flat = np.ascontiguousarray(x).reshape(-1)
         args = (flat, self.params, self.transposes, self.layout, blocks, value.reshape(-1), jacobian.reshape(-1))
         sweep, kept, own = _jacobian_workspace(self.layout, chunk)
-        self._run(_jacobian_all, _jacobian_share, args, n, chunk, 2 * sweep + kept + own)
+        self._run(_jacobian_share, args, n, chunk, 2 * sweep + kept + own)
         return value, jacobian
 
 
 def dense_sweep(model, dtype) -> DenseSweep | None:
     """The compiled sweeps of ``model`` if it is a chain of Dense layers, each followed by at most
-    one activation of :data:`~nnderiv.backends.numba_activations.KINDS`, in float32 or float64,
+    one activation of :data:`COMPILED`, in float32 or float64,
     and NumPy's OpenBLAS can be called; ``None`` otherwise."""
     from ..engine import leaf_layers
 
@@ -432,7 +400,7 @@ def dense_sweep(model, dtype) -> DenseSweep | None:
                 return None
             dense.append((W, b))
             kinds.append(0)
-        elif hasattr(layer, "activation") and dense and kinds[-1] == 0 and layer.activation.name in KINDS:
+        elif hasattr(layer, "activation") and dense and kinds[-1] == 0 and layer.activation.name in COMPILED:
             kinds[-1] = KINDS[layer.activation.name]
         else:  # an activation first, two in a row, or one nnderiv does not compile
             return None
