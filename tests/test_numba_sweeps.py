@@ -57,6 +57,28 @@ def test_matmul_is_numpys_bit_for_bit(dtype, a, k, b, seed):
         np.testing.assert_array_equal(out, left @ right, err_msg=f"({m}, {k}) x ({k}, {n})")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_through_a_32_bit_integer_openblas(dtype):
+    """An LP64 OpenBLAS (SciPy's ``scipy-openblas32``, in the test extra): the integers passed as
+    int32. Another OpenBLAS build than NumPy's, so agreement to rounding, not bits."""
+    import ctypes
+    from pathlib import Path
+
+    lp64 = pytest.importorskip("scipy_openblas32")
+    files = sorted(Path(lp64.get_lib_dir()).glob(f"lib{lp64.get_library()}.*"))
+    if not files:
+        pytest.skip("scipy-openblas32's library file not found")
+    blas = numba_sweeps.openblas_cblas(ctypes.CDLL(str(files[0])))
+    assert blas is not None and blas.int_type is np.int32
+    rng = np.random.default_rng(0)
+    for m, k, n in ((70, 33, 64), (1, 33, 5), (70, 33, 1), (1, 33, 1)):
+        left, right = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+        out = np.full((m, n), np.nan, dtype=dtype)
+        numba_sweeps._matmul(blas.addresses[np.dtype(dtype)], blas.int_type(1), left, right, out)
+        want = left @ right
+        assert np.abs(out - want).max() <= 4 * k * np.finfo(dtype).eps * np.abs(want).max(), (m, k, n)
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @given(spec=networks(max_depth=3, max_d=4, activations=COMPILED, max_width=9, output_activation=True), data=st.data())
 def test_compiled_sweeps_equal_the_generic_path_bit_for_bit(dtype, spec, data):

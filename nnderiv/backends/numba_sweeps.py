@@ -61,9 +61,13 @@ def numpy_blas() -> Blas | None:
     if library is None:
         return None
     try:
-        dll = ctypes.CDLL(library["filepath"])
+        return openblas_cblas(ctypes.CDLL(library["filepath"]))
     except OSError:
         return None
+
+
+def openblas_cblas(dll: ctypes.CDLL) -> Blas | None:
+    """The CBLAS functions of the OpenBLAS ``dll``, or ``None`` where its symbols are not found."""
     for prefix in ("scipy_", ""):  # the affixes threadpoolctl knows OpenBLAS's symbols by
         for suffix in ("64_", "_64", ""):
             config = f"{prefix}openblas_get_config{suffix}"
