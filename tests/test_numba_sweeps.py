@@ -57,26 +57,39 @@ def test_matmul_is_numpys_bit_for_bit(dtype, a, k, b, seed):
         np.testing.assert_array_equal(out, left @ right, err_msg=f"({m}, {k}) x ({k}, {n})")
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_matmul_through_a_32_bit_integer_openblas(dtype):
-    """An LP64 OpenBLAS (SciPy's ``scipy-openblas32``, in the test extra): the integers passed as
-    int32. Another OpenBLAS build than NumPy's, so agreement to rounding, not bits."""
-    import ctypes
-    from pathlib import Path
+_LP64_CHECK = """
+import ctypes, sys
+from pathlib import Path
+import numpy as np
+import scipy_openblas32 as lp64
+from nnderiv.backends import numba_sweeps
 
-    lp64 = pytest.importorskip("scipy_openblas32")
-    files = sorted(Path(lp64.get_lib_dir()).glob(f"lib{lp64.get_library()}.*"))
-    if not files:
-        pytest.skip("scipy-openblas32's library file not found")
-    blas = numba_sweeps.openblas_cblas(ctypes.CDLL(str(files[0])))
-    assert blas is not None and blas.int_type is np.int32
-    rng = np.random.default_rng(0)
+files = sorted(Path(lp64.get_lib_dir()).glob(f"lib{lp64.get_library()}.*"))
+blas = numba_sweeps.openblas_cblas(ctypes.CDLL(str(files[0])))
+assert blas is not None and blas.int_type is np.int32, blas
+rng = np.random.default_rng(0)
+for dtype in (np.float32, np.float64):
     for m, k, n in ((70, 33, 64), (1, 33, 5), (70, 33, 1), (1, 33, 1)):
         left, right = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
         out = np.full((m, n), np.nan, dtype=dtype)
         numba_sweeps._matmul(blas.addresses[np.dtype(dtype)], blas.int_type(1), left, right, out)
         want = left @ right
-        assert np.abs(out - want).max() <= 4 * k * np.finfo(dtype).eps * np.abs(want).max(), (m, k, n)
+        assert np.abs(out - want).max() <= 4 * k * np.finfo(dtype).eps * np.abs(want).max(), (dtype, m, k, n)
+print("ok")
+"""
+
+
+def test_matmul_through_a_32_bit_integer_openblas():
+    """An LP64 OpenBLAS (SciPy's ``scipy-openblas32``, in the test extra): the integers passed as
+    int32. Another OpenBLAS build than NumPy's, so agreement to rounding, not bits. In a process
+    of its own: a second BLAS loaded here would escape the workers' one-thread BLAS setting of the
+    other tests (nnderiv.parallel finds the BLAS libraries once)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("scipy_openblas32")
+    done = subprocess.run([sys.executable, "-c", _LP64_CHECK], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
