@@ -191,3 +191,10 @@ def test_another_blas_takes_the_generic_sweep(monkeypatch):
             np.testing.assert_allclose(value, nd.value(model, x), rtol=1e-12)
     finally:
         numba_sweeps.numpy_blas.cache_clear()
+
+
+def test_the_switch_turns_the_compiled_sweeps_off(monkeypatch):
+    model = nd.MLP([2, 4, 1])
+    assert numba_backend.dense_sweep(model, np.float64) is not None
+    monkeypatch.setattr(numba_backend, "COMPILED_SWEEPS", False)
+    assert numba_backend.dense_sweep(model, np.float64) is None

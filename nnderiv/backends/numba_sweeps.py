@@ -3,18 +3,18 @@ r"""The value and the reverse-mode Jacobian of a dense chain, every chunk of poi
 The value and the Jacobian are the cheapest quantities nnderiv computes: one stacked row forward
 (and ``m`` adjoint rows back). There, the generic engine's own cost shows: per layer and chunk, a
 few Python calls into separate kernels (the product, the bias, the activation, the adjoint step),
-each taking the GIL that the other worker may be waiting for, and a helper thread to wake per
-call. Here a whole request is one compiled call: a Numba parallel loop over the workers, each
-taking its chunks through every layer without returning to Python. The products are BLAS calls
-made from the compiled code (the CBLAS functions of NumPy's own OpenBLAS, found through
+each taking the GIL that the other worker may be waiting for. Here each worker of
+:mod:`nnderiv.parallel` takes all its chunks (``worker``, ``worker + n_workers``, ...) through
+every layer in one compiled call, without returning to Python. The products are BLAS calls made
+from the compiled code (the CBLAS functions of NumPy's own OpenBLAS, found through
 ``threadpoolctl``, on one thread per worker), and each layer's bias and activation are one pass
-over its rows. Measured on the benchmark's network (``docs/backends.md``): the value 1.07-1.11x
-faster, the Jacobian 1.25x.
+over its rows. Measured on the benchmark's network (``docs/backends.md``): the value 1.03-1.11x
+faster, the Jacobian 1.24-1.31x.
 
 Every number is the generic numba path's: the same BLAS calls on the same blocks of rows of the
 same chunks (:func:`~nnderiv.backends.numba_backend.affine`), the same additions, the same
 activation functions (:mod:`~nnderiv.backends.numba_activations`). Where a model is not a chain of
-:class:`~nnderiv.layers.Dense` layers, each followed by at most one activation nnderiv compiles, or
+:class:`~nnderiv.layers.Dense` layers, each followed by at most one tanh or sigmoid, or
 NumPy's BLAS is not an OpenBLAS whose symbols are found, :func:`dense_sweep` returns ``None`` and
 the engine runs its generic sweep.
 
@@ -217,7 +217,8 @@ def _bias_activation(z, b, kind, slope, n):
 
 
 # --- the sweeps, on the parameters packed into one flat array -----------------------------------
-# (Numba's parallel loops take arrays, not tuples of them.) Row ``l`` of ``layout``: the offset of
+# (One compiled function for every depth: a tuple of arrays would compile once per length.) Row
+# ``l`` of ``layout``: the offset of
 # layer l's ``W`` (n_in, n_out) in ``params``, n_in, n_out, the offset of its ``b``, the kind of the
 # activation after it (0: none); ``W^T`` lies at the same offset in ``transposes``.
 
@@ -339,7 +340,6 @@ class DenseSweep:
     """The compiled sweeps of one dense chain (:func:`dense_sweep`), its parameters packed."""
 
     params: np.ndarray  # every W and b, flat
-    transposes: np.ndarray  # every W^T, at the offsets of the W
     layout: np.ndarray  # (n_layers, 5): see above
     blas: np.ndarray  # the addresses of Blas.addresses for this dtype
     ints: np.integer  # a value of the library's integer type
@@ -351,6 +351,14 @@ class DenseSweep:
         shapes = [(n_out, n_in) if transposed else (n_in, n_out) for n_in, n_out in self.layout[:, 1:3]]
         lengths = (chunk, n % chunk or chunk)
         return np.array([[max(1, _gemm_block_rows(rows, *shape)) for shape in shapes] for rows in lengths])
+
+    def _transposes(self) -> np.ndarray:
+        """Every ``W^T`` (row-major) at the offset of its ``W``, the biases beside them (the
+        reverse sweep's products; BLAS's NN kernel is faster than its transposed one)."""
+        out = self.params.copy()
+        for o, n_in, n_out, _, _ in self.layout:
+            out[o : o + n_in * n_out] = self.params[o : o + n_in * n_out].reshape(n_in, n_out).T.reshape(-1)
+        return out
 
     def _run(self, share, args, n: int, chunk: int, per_worker: int):
         """``share`` for every worker (:mod:`nnderiv.parallel`: the caller and the helper threads,
@@ -380,7 +388,7 @@ class DenseSweep:
         value, jacobian = np.empty((n, m), dtype=x.dtype), np.empty((1, m, n, d), dtype=x.dtype)
         blocks = np.concatenate([self._blocks(n, chunk), self._blocks(m * n, m * chunk, transposed=True)])
         flat = np.ascontiguousarray(x).reshape(-1)
-        args = (flat, self.params, self.transposes, self.layout, blocks, value.reshape(-1), jacobian.reshape(-1))
+        args = (flat, self.params, self._transposes(), self.layout, blocks, value.reshape(-1), jacobian.reshape(-1))
         sweep, kept, own = _jacobian_workspace(self.layout, chunk)
         self._run(_jacobian_share, args, n, chunk, 2 * sweep + kept + own)
         return value, jacobian
@@ -388,8 +396,8 @@ class DenseSweep:
 
 def dense_sweep(model, dtype) -> DenseSweep | None:
     """The compiled sweeps of ``model`` if it is a chain of Dense layers, each followed by at most
-    one activation of :data:`COMPILED`, in float32 or float64,
-    and NumPy's OpenBLAS can be called; ``None`` otherwise."""
+    one activation of :data:`COMPILED`, in float32 or float64, and NumPy's OpenBLAS can be
+    called; ``None`` otherwise."""
     from ..engine import leaf_layers
 
     dtype = np.dtype(dtype)
@@ -413,5 +421,4 @@ def dense_sweep(model, dtype) -> DenseSweep | None:
     shapes = np.array([W.shape for W, _ in dense], dtype=np.int64)
     layout = np.column_stack([offsets[:, 0], shapes, offsets[:, 1], np.array(kinds, dtype=np.int64)])
     params = np.concatenate([a.reshape(-1) for W, b in dense for a in (W, b)])
-    transposes = np.concatenate([a.reshape(-1) for W, b in dense for a in (W.T, b)])
-    return DenseSweep(params, transposes, np.ascontiguousarray(layout), blas.addresses[dtype], blas.int_type(1))
+    return DenseSweep(params, np.ascontiguousarray(layout), blas.addresses[dtype], blas.int_type(1))
