@@ -73,13 +73,24 @@ def _workspace(model, mode, extra_rows: int = 0) -> int:
     return kernels.workspace_bytes(mode.n_rows + extra_rows, model.dtype.itemsize)
 
 
+def _footprint(model, mode, n_points: int, extra_rows: int = 0) -> tuple[int, int]:
+    """``(bytes per point of one chunk's working set, bytes kept for all n_points and the kernels'
+    buffers)``: what the memory guard weighs against the limit."""
+    per_point = bytes_per_point(model, mode) + _extra_bytes_per_point(model, extra_rows)
+    kept = kept_bytes_per_point(model, mode, extra_rows) * n_points + _workspace(model, mode, extra_rows)
+    return per_point, kept
+
+
+def _fitting(footprint: tuple[int, int]) -> int:
+    per_point, kept = footprint
+    return max(1, int((HEADROOM * get_memory_limit() - kept) // (per_point * workers())))
+
+
 def fitting_chunk_size(model, mode, n_points: int, *, extra_rows: int = 0) -> int:
     """The most points per chunk whose working sets, one per worker, with what is kept for all
     ``n_points``, fill ``HEADROOM`` of the memory limit (at least 1: :func:`chunk_size_for` says
     when even that is too much)."""
-    per_point = bytes_per_point(model, mode) + _extra_bytes_per_point(model, extra_rows)
-    kept = kept_bytes_per_point(model, mode, extra_rows) * n_points + _workspace(model, mode, extra_rows)
-    return max(1, int((HEADROOM * get_memory_limit() - kept) // (per_point * workers())))
+    return _fitting(_footprint(model, mode, n_points, extra_rows))
 
 
 def concurrent_chunks(n_points: int, size: int) -> int:
@@ -93,9 +104,13 @@ def chunk_size_for(model, mode, n_points: int, chunk_size, *, extra_rows: int = 
 
     A chunked sweep needs the working sets of the chunks that run at once (one per worker) plus
     what it keeps for all points (:func:`kept_bytes_per_point`), and both must fit under the limit."""
-    per_point = bytes_per_point(model, mode) + _extra_bytes_per_point(model, extra_rows)
+    return _checked(_footprint(model, mode, n_points, extra_rows), n_points, chunk_size)
+
+
+def _checked(footprint: tuple[int, int], n_points: int, chunk_size) -> int:
+    """:func:`chunk_size_for` on a :func:`_footprint` already estimated."""
+    per_point, kept = footprint
     limit = get_memory_limit()
-    kept = kept_bytes_per_point(model, mode, extra_rows) * n_points + _workspace(model, mode, extra_rows)
     if kept >= limit:
         raise MemoryLimitError(
             f"the results at all {n_points} points (and the kernels' buffers) alone need about "
@@ -103,7 +118,7 @@ def chunk_size_for(model, mode, n_points: int, chunk_size, *, extra_rows: int = 
             f"limit of {limit / 2**20:.1f} MiB: pass fewer points per call (split x), or raise the limit "
             "with nd.set_memory_limit()"
         )
-    fitting = fitting_chunk_size(model, mode, n_points, extra_rows=extra_rows)
+    fitting = _fitting(footprint)
     if chunk_size is None:
         if per_point * n_points + kept > limit:
             raise MemoryLimitError(
@@ -178,15 +193,26 @@ def spread_chunk_size(model, rows: int, n_points: int) -> int:
     return max(1, -(-n_points // n_chunks))  # equal shares
 
 
+def balanced_chunk_size(n_points: int, size: int) -> int:
+    """At most ``size`` points per chunk, in a number of chunks that every worker takes as many of:
+    5 chunks on 2 workers would leave one worker idle while the other sweeps the last."""
+    n_chunks = -(-n_points // max(size, 1))
+    if n_chunks <= 1:
+        return size
+    n_workers = workers()
+    return -(-n_points // (-(-n_chunks // n_workers) * n_workers))
+
+
 def forward_chunk_size(model, mode, n_points: int, chunk_size, *, extra_rows: int = 0) -> int:
     """Chunk of a sweep whose intermediates are not kept: ``chunk_size`` (validated against the
-    memory limit) or, by default, a cache-sized chunk, one at least for every worker, that fits the limit."""
-    if chunk_size is not None:
-        return chunk_size_for(model, mode, n_points, chunk_size, extra_rows=extra_rows)
-    fitting = fitting_chunk_size(model, mode, n_points, extra_rows=extra_rows)
-    cached = cache_chunk_size(model, mode.n_rows + extra_rows)
-    size = min(max(n_points, 1), cached, fitting, spread_chunk_size(model, mode.n_rows + extra_rows, n_points))
-    return chunk_size_for(model, mode, n_points, size, extra_rows=extra_rows)  # raises if one point is too many
+    memory limit) or, by default, a cache-sized chunk, one at least for every worker and as many
+    for each (:func:`balanced_chunk_size`), that fits the limit."""
+    footprint = _footprint(model, mode, n_points, extra_rows)
+    if chunk_size is None:
+        rows = mode.n_rows + extra_rows
+        size = min(max(n_points, 1), cache_chunk_size(model, rows), _fitting(footprint))
+        chunk_size = balanced_chunk_size(n_points, min(size, spread_chunk_size(model, rows, n_points)))
+    return _checked(footprint, n_points, chunk_size)  # raises if one point is too many
 
 
 def evaluate(model, mode, x: np.ndarray, chunk_size=None) -> np.ndarray:

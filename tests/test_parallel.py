@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import threading
 import time
+from unittest.mock import patch
 
 import numba
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from threadpoolctl import threadpool_info
 
 import nnderiv as nd
@@ -198,6 +201,29 @@ def test_small_batches_stay_on_the_calling_thread(two_workers, monkeypatch):
     assert engine.spread_chunk_size(model, 1, 5000) == 5000  # too little work to split
     assert engine.spread_chunk_size(model, 1, 20000) == 10000  # one share per worker
     assert engine.spread_chunk_size(model, 4, 5000) == 2500  # more rows: more work per point
+
+
+@given(n_points=st.integers(1, 10**6), size=st.integers(1, 10**6), n_workers=st.integers(1, 8))
+def test_balanced_chunks_give_every_worker_as_many(n_points, size, n_workers):
+    with patch.object(engine, "workers", lambda: n_workers):
+        balanced = engine.balanced_chunk_size(n_points, size)
+    before, after = engine.chunks(n_points, size), engine.chunks(n_points, balanced)
+    assert balanced <= size and len(after) >= len(before)
+    assert sum(part.stop - part.start for part in after) == n_points
+    if len(before) > 1 and n_points > len(after) * (len(after) - 1):  # else chunks of 1-2 points
+        assert len(after) % n_workers == 0 and len(after) < len(before) + n_workers
+        assert max(p.stop - p.start for p in after) - min(p.stop - p.start for p in after) < len(after)
+
+
+def test_default_chunks_are_balanced_over_the_workers(two_workers):
+    from nnderiv.modes.full import FullMode
+
+    model, mode = _model(), FullMode(3, 2)  # 10 rows: chunks of 2^19 * 5 / (10 * 24 * 8) = 1365 points
+    for n_points in (1366, 4096, 5000, 20_001):
+        parts = engine.chunks(n_points, engine.forward_chunk_size(model, mode, n_points, None))
+        sizes = [part.stop - part.start for part in parts]
+        assert len(parts) % 2 == 0 and max(sizes) - min(sizes) < len(parts), (n_points, sizes)
+        assert max(sizes) <= engine.cache_chunk_size(model, mode.n_rows)
 
 
 def test_one_worker_never_starts_the_pool(one_worker, monkeypatch):
