@@ -52,6 +52,7 @@ from types import SimpleNamespace
 import numpy as np
 
 import nnderiv as nd
+from nnderiv import parallel
 
 TOLERANCE = 1e-10  # relative to the largest entry of nnderiv's result, float64
 #: seconds of rest before each method's timed block: the worker threads of the block before
@@ -821,9 +822,9 @@ def blas_threads() -> int:
 
 def thread_settings(settings: Settings) -> dict:
     keys = ("OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_THREAD_TIMEOUT", "OMP_NUM_THREADS")
-    keys += ("NUMBA_NUM_THREADS", "OMP_WAIT_POLICY", "XLA_FLAGS")
+    keys += ("NUMBA_NUM_THREADS", "OMP_WAIT_POLICY", "XLA_FLAGS", "NNDERIV_PIN_WORKERS")
     found = {key: os.environ.get(key, "unset") for key in keys}
-    found.update(blas_threads=blas_threads(), peer_threads=settings.threads)
+    found.update(blas_threads=blas_threads(), peer_threads=settings.threads, pin_workers=parallel.PIN_WORKERS)
     with contextlib.suppress(Exception):
         import numba
 

@@ -15,6 +15,7 @@ gradient, a loss) is the same on every run. Inside a worker, :func:`workers` is 
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,11 @@ from . import backends
 _local = threading.local()  # .in_worker: set in the pool's threads
 _executor: dict = {"pool": None, "size": 0}
 _blas: dict = {"lock": threading.Lock(), "depth": 0, "limits": None, "libraries": None}
+
+#: while workers run, each on a CPU of its own (Linux, where the workers take every CPU the caller
+#: may run on): ``NNDERIV_PIN_WORKERS=0`` or ``False`` here leaves the placement to the scheduler
+PIN_WORKERS = os.environ.get("NNDERIV_PIN_WORKERS", "1") != "0"
+_pins: dict = {"lock": threading.Lock(), "depth": 0}  # depth: map_chunks calls running now
 
 
 def workers() -> int:
@@ -48,8 +54,8 @@ def map_chunks(fn: Callable, parts: Iterable) -> Iterator:
         yield from map(fn, parts)
         return
     chunks = _Chunks(fn, parts, window=n_workers + 1)
-    with single_threaded_blas():
-        helpers = [_pool(n_workers - 1).submit(chunks.help) for _ in range(n_workers - 1)]
+    with single_threaded_blas(), _placed(n_workers) as masks:
+        helpers = [_pool(n_workers - 1).submit(_help, chunks, mask) for mask in masks]
         try:
             for index in range(len(parts)):
                 yield chunks.result(index)
@@ -57,6 +63,51 @@ def map_chunks(fn: Callable, parts: Iterable) -> Iterator:
             chunks.stop()
             for helper in helpers:
                 helper.result()
+
+
+@contextmanager
+def _placed(n_workers: int):
+    """The calling thread on a CPU of its own while its workers run, and the CPUs of each helper
+    (yielded). One CPU per worker where :data:`PIN_WORKERS`, Linux, :func:`workers` equals the
+    number of CPUs the caller may run on, and no other call is running (two callers would share the
+    first CPU); else the caller stays as it is and the helpers get the caller's CPUs (``None`` off
+    Linux).
+
+    Why: a helper woken for a call is placed by Linux on the CPU of the thread that woke it (the
+    caller, about to sweep its own chunk) and moved only later. After a pause (other work between
+    calls), the two workers of a 2-core machine shared one CPU in most calls of a few
+    milliseconds, and ran one after the other (measured, docs/backends.md); pinned apart they run
+    at once. With fewer workers than CPUs nothing is pinned: processes side by side would all pick
+    the same first CPUs."""
+    if not hasattr(os, "sched_setaffinity"):
+        yield [None] * (n_workers - 1)
+        return
+    with _pins["lock"]:
+        alone = _pins["depth"] == 0
+        _pins["depth"] += 1
+    try:
+        allowed = os.sched_getaffinity(0)
+        if not (alone and PIN_WORKERS and len(allowed) == workers() >= n_workers):
+            yield [allowed] * (n_workers - 1)
+            return
+        cpus = sorted(allowed)
+        os.sched_setaffinity(0, {cpus[0]})
+        try:
+            yield [{cpu} for cpu in cpus[1:n_workers]]
+        finally:
+            os.sched_setaffinity(0, allowed)
+    finally:
+        with _pins["lock"]:
+            _pins["depth"] -= 1
+
+
+def _help(chunks, mask) -> None:
+    """A helper thread's part of a call, on the CPUs of ``mask`` (set when it changes: a helper
+    stays pinned from one call to the next)."""
+    if mask is not None and getattr(_local, "mask", None) != mask:
+        os.sched_setaffinity(0, mask)
+        _local.mask = mask
+    chunks.help()
 
 
 class _Chunks:

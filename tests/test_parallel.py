@@ -9,6 +9,7 @@ and we allow 1e-12. Results must not depend on the scheduling: two runs are bitw
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from unittest.mock import patch
@@ -252,3 +253,86 @@ def test_the_memory_guard_counts_one_chunk_per_worker(two_workers):
             nd.vjp(nd.hessian, model, x, chunk_size=1000)
         numba.set_num_threads(1)
         nd.vjp(nd.hessian, model, x, chunk_size=1000)  # one worker: one chunk at a time fits
+
+
+# ---- where the workers run (Linux: each on a CPU of its own, the caller's affinity restored) ----
+
+
+@pytest.fixture
+def two_cpus(two_workers):
+    """The test's thread allowed on two CPUs (as many as the workers), and back after."""
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs Linux and two CPUs")
+    before = os.sched_getaffinity(0)
+    cpus = set(sorted(before)[:2])
+    os.sched_setaffinity(0, cpus)
+    yield sorted(cpus)
+    os.sched_setaffinity(0, before)
+
+
+def _where(parts):
+    """``{thread: affinity}`` of the threads that ran ``parts`` (each part waits a little, so both
+    workers take some)."""
+    seen = {}
+
+    def record(part):
+        time.sleep(0.002)
+        seen.setdefault(threading.get_ident(), set()).add(frozenset(os.sched_getaffinity(0)))
+        return part
+
+    assert list(parallel.map_chunks(record, parts)) == list(parts)
+    return seen
+
+
+def test_workers_are_pinned_one_per_cpu_and_the_caller_restored(two_cpus, monkeypatch):
+    monkeypatch.setattr(parallel, "PIN_WORKERS", True)
+    seen = _where(range(8))
+    caller = threading.get_ident()
+    assert seen.pop(caller) == {frozenset({two_cpus[0]})}
+    assert len(seen) == 1 and next(iter(seen.values())) == {frozenset({two_cpus[1]})}
+    assert os.sched_getaffinity(0) == set(two_cpus)
+
+
+def test_pinning_off_leaves_every_worker_on_every_cpu(two_cpus, monkeypatch):
+    monkeypatch.setattr(parallel, "PIN_WORKERS", True)
+    _where(range(4))  # the helper pinned by a call before...
+    monkeypatch.setattr(parallel, "PIN_WORKERS", False)
+    seen = _where(range(8))  # ... is given every CPU again
+    assert all(masks == {frozenset(two_cpus)} for masks in seen.values())
+
+
+def test_fewer_workers_than_cpus_pins_nothing(two_workers):
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 3:
+        pytest.skip("needs Linux and three CPUs")
+    allowed = frozenset(os.sched_getaffinity(0))
+    assert all(masks == {allowed} for masks in _where(range(6)).values())
+
+
+def test_an_error_in_a_chunk_restores_the_callers_cpus(two_cpus):
+    def fail(part):
+        if part == 3:
+            raise ValueError("chunk 3")
+        return part
+
+    with pytest.raises(ValueError, match="chunk 3"):
+        list(parallel.map_chunks(fail, range(6)))
+    assert os.sched_getaffinity(0) == set(two_cpus)
+
+
+def test_a_concurrent_call_leaves_its_caller_unpinned(two_cpus, monkeypatch):
+    monkeypatch.setattr(parallel, "PIN_WORKERS", True)
+    seen, go = {}, threading.Event()
+
+    def second_caller():  # a thread of the user's, started before the first call
+        go.wait(10)
+        with parallel._placed(2) as helper_masks:
+            seen.update(caller=os.sched_getaffinity(0), helpers=helper_masks)
+
+    thread = threading.Thread(target=second_caller)
+    thread.start()
+    with parallel._placed(2) as helper_masks:
+        assert os.sched_getaffinity(0) == {two_cpus[0]} and helper_masks == [{two_cpus[1]}]
+        go.set()
+        thread.join(10)
+    assert seen == {"caller": set(two_cpus), "helpers": [set(two_cpus)]}
+    assert os.sched_getaffinity(0) == set(two_cpus)
