@@ -11,6 +11,7 @@ stacks stay in its core's cache. Workers meet only when a chunk is done.
 
 Results come back in the order of the chunks, whatever the scheduling, so a sum over chunks (a
 gradient, a loss) is the same on every run. Inside a worker, :func:`workers` is 1: nothing nests.
+While a call's workers run, each is pinned to a CPU of its own where that is safe (:func:`_placed`).
 """
 
 from __future__ import annotations
@@ -91,7 +92,11 @@ def _placed(n_workers: int):
             yield [allowed] * (n_workers - 1)
             return
         cpus = sorted(allowed)
-        os.sched_setaffinity(0, {cpus[0]})
+        try:
+            os.sched_setaffinity(0, {cpus[0]})
+        except OSError:  # not permitted here (a sandbox): the scheduler places the workers
+            yield [None] * (n_workers - 1)
+            return
         try:
             yield [{cpu} for cpu in cpus[1:n_workers]]
         finally:
@@ -105,8 +110,11 @@ def _help(chunks, mask) -> None:
     """A helper thread's part of a call, on the CPUs of ``mask`` (set when it changes: a helper
     stays pinned from one call to the next)."""
     if mask is not None and getattr(_local, "mask", None) != mask:
-        os.sched_setaffinity(0, mask)
-        _local.mask = mask
+        try:
+            os.sched_setaffinity(0, mask)
+            _local.mask = mask
+        except OSError:  # not permitted here: run where the thread is
+            pass
     chunks.help()
 
 

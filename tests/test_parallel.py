@@ -327,3 +327,14 @@ def test_a_concurrent_call_leaves_its_caller_unpinned(two_cpus, monkeypatch):
         thread.join(10)
     assert seen == {"caller": set(two_cpus), "helpers": [set(two_cpus)]}
     assert os.sched_getaffinity(0) == set(two_cpus)
+
+
+def test_where_affinity_is_not_permitted_the_workers_still_run(two_cpus, monkeypatch):
+    def refused(pid, mask):
+        raise PermissionError("sched_setaffinity is not permitted here")
+
+    monkeypatch.setattr(parallel, "PIN_WORKERS", True)
+    with monkeypatch.context() as patched:  # undone before two_cpus restores the test's CPUs
+        patched.setattr(os, "sched_setaffinity", refused)
+        assert list(parallel.map_chunks(lambda part: 2 * part, range(8))) == [2 * part for part in range(8)]
+    assert os.sched_getaffinity(0) == set(two_cpus)
