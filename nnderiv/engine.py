@@ -118,13 +118,12 @@ def _checked(footprint: tuple[int, int], n_points: int, chunk_size) -> int:
             f"limit of {limit / 2**20:.1f} MiB: pass fewer points per call (split x), or raise the limit "
             "with nd.set_memory_limit()"
         )
-    fitting = _fitting(footprint)
     if chunk_size is None:
         if per_point * n_points + kept > limit:
             raise MemoryLimitError(
                 f"this request needs about {(per_point * n_points + kept) / 2**20:.1f} MiB "
                 f"({per_point} bytes per point x {n_points} points), over the memory limit of "
-                f"{limit / 2**20:.1f} MiB; pass chunk_size={fitting} (or smaller) "
+                f"{limit / 2**20:.1f} MiB; pass chunk_size={_fitting(footprint)} (or smaller) "
                 "to process the points in chunks, or raise the limit with nd.set_memory_limit()"
             )
         return max(n_points, 1)
@@ -133,7 +132,7 @@ def _checked(footprint: tuple[int, int], n_points: int, chunk_size) -> int:
     if need > limit:
         raise MemoryLimitError(
             f"chunk_size={chunk_size} needs about {need / 2**20:.1f} MiB, over the "
-            f"memory limit of {limit / 2**20:.1f} MiB; use chunk_size <= {fitting}"
+            f"memory limit of {limit / 2**20:.1f} MiB; use chunk_size <= {_fitting(footprint)}"
         )
     return chunk_size
 

@@ -348,9 +348,10 @@ class DenseSweep:
         """Rows per BLAS call of every layer's product, for a whole chunk and for the last one."""
         from .numba_backend import _gemm_block_rows
 
-        shapes = [(n_out, n_in) if transposed else (n_in, n_out) for n_in, n_out in self.layout[:, 1:3]]
-        lengths = (chunk, n % chunk or chunk)
-        return np.array([[max(1, _gemm_block_rows(rows, *shape)) for shape in shapes] for rows in lengths])
+        shapes = [(n_out, n_in) if transposed else (n_in, n_out) for n_in, n_out in self.layout[:, 1:3].tolist()]
+        full = [max(1, _gemm_block_rows(chunk, *shape)) for shape in shapes]
+        last = n % chunk
+        return np.array([full, [max(1, _gemm_block_rows(last, *shape)) for shape in shapes] if last else full])
 
     def _transposes(self) -> np.ndarray:
         """Every ``W^T`` (row-major) at the offset of its ``W``, the biases beside them (the
@@ -416,9 +417,9 @@ def dense_sweep(model, dtype) -> DenseSweep | None:
             kinds[-1] = KINDS[layer.activation.name]
         else:  # an activation first, two in a row, or one nnderiv does not compile
             return None
-    sizes = [size for W, b in dense for size in (W.size, b.size)]
-    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64).reshape(-1, 2)
-    shapes = np.array([W.shape for W, _ in dense], dtype=np.int64)
-    layout = np.column_stack([offsets[:, 0], shapes, offsets[:, 1], np.array(kinds, dtype=np.int64)])
+    rows, offset = [], 0
+    for (W, b), kind in zip(dense, kinds):
+        rows.append((offset, *W.shape, offset + W.size, kind))
+        offset += W.size + b.size
     params = np.concatenate([a.reshape(-1) for W, b in dense for a in (W, b)])
-    return DenseSweep(params, np.ascontiguousarray(layout), blas.addresses[dtype], blas.int_type(1))
+    return DenseSweep(params, np.array(rows, dtype=np.int64), blas.addresses[dtype], blas.int_type(1))
