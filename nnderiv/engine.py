@@ -82,6 +82,7 @@ def _footprint(model, mode, n_points: int, extra_rows: int = 0) -> tuple[int, in
 
 
 def _fitting(footprint: tuple[int, int]) -> int:
+    """:func:`fitting_chunk_size` on a :func:`_footprint` already estimated."""
     per_point, kept = footprint
     return max(1, int((HEADROOM * get_memory_limit() - kept) // (per_point * workers())))
 
@@ -202,15 +203,20 @@ def balanced_chunk_size(n_points: int, size: int) -> int:
     return -(-n_points // (-(-n_chunks // n_workers) * n_workers))
 
 
+def chosen_chunk_size(model, rows: int, n_points: int, *limits: int) -> int:
+    """The chunk nnderiv chooses for ``n_points`` of ``rows`` stacked rows: no larger than any of
+    ``limits`` (cache, memory), one at least for every worker (:func:`spread_chunk_size`) and as
+    many for each (:func:`balanced_chunk_size`)."""
+    return balanced_chunk_size(n_points, min(max(n_points, 1), *limits, spread_chunk_size(model, rows, n_points)))
+
+
 def forward_chunk_size(model, mode, n_points: int, chunk_size, *, extra_rows: int = 0) -> int:
     """Chunk of a sweep whose intermediates are not kept: ``chunk_size`` (validated against the
-    memory limit) or, by default, a cache-sized chunk, one at least for every worker and as many
-    for each (:func:`balanced_chunk_size`), that fits the limit."""
+    memory limit) or, by default, a cache-sized chunk that fits the limit (:func:`chosen_chunk_size`)."""
     footprint = _footprint(model, mode, n_points, extra_rows)
     if chunk_size is None:
         rows = mode.n_rows + extra_rows
-        size = min(max(n_points, 1), cache_chunk_size(model, rows), _fitting(footprint))
-        chunk_size = balanced_chunk_size(n_points, min(size, spread_chunk_size(model, rows, n_points)))
+        chunk_size = chosen_chunk_size(model, rows, n_points, cache_chunk_size(model, rows), _fitting(footprint))
     return _checked(footprint, n_points, chunk_size)  # raises if one point is too many
 
 

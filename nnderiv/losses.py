@@ -384,8 +384,7 @@ class OperatorMSE(Loss):
             return check.positive_int(self.fn_kwargs["chunk_size"], "chunk_size")
         kwargs = {k: v for k, v in self.fn_kwargs.items() if k != "chunk_size"}
         mode = PLANNERS[self.fn](model, x[:1], for_vjp=True, **kwargs).mode
-        size = min(max(n, 1), engine.pullback_chunk_size(model, mode), engine.spread_chunk_size(model, mode.n_rows, n))
-        return engine.balanced_chunk_size(n, size)
+        return engine.chosen_chunk_size(model, mode.n_rows, n, engine.pullback_chunk_size(model, mode))
 
     def __call__(self, D, batch):
         raise ConfigError(

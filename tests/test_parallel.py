@@ -229,6 +229,16 @@ def test_default_chunks_are_balanced_over_the_workers(two_workers):
         assert max(sizes) <= engine.cache_chunk_size(model, mode.n_rows)
 
 
+def test_operator_loss_chunks_are_balanced_over_the_workers(two_workers, monkeypatch):
+    model, x = _model(), np.random.default_rng(8).uniform(-1, 1, (N, 3))
+    monkeypatch.setattr(engine, "pullback_chunk_size", lambda model, mode: 700)  # 5 chunks, the last of 200
+    recorded, chunks = [], engine.chunks
+    monkeypatch.setattr(engine, "chunks", lambda n, size: recorded.append(chunks(n, size)) or recorded[-1])
+    nd.OperatorMSE(nd.laplacian, "f").value_and_grad(model, {"x": x, "f": np.ones((N, 2))})
+    sizes = [part.stop - part.start for part in recorded[0]]
+    assert len(sizes) == 6 and max(sizes) - min(sizes) <= 1 and max(sizes) <= 700
+
+
 def test_one_worker_never_starts_the_pool(one_worker, monkeypatch):
     monkeypatch.setattr(parallel, "_pool", lambda n: pytest.fail("the pool was started with one worker"))
     model, x = _model(), np.random.default_rng(5).uniform(-1, 1, (N, 3))
