@@ -19,6 +19,7 @@ from . import kernels
 from .backends.numpy_backend import namespace
 from .config import get_memory_limit
 from .errors import MemoryLimitError
+from .modes.series import SeriesMode
 from .parallel import map_chunks, workers
 
 
@@ -222,13 +223,16 @@ def forward_chunk_size(model, mode, n_points: int, chunk_size, *, extra_rows: in
 
 def evaluate(model, mode, x: np.ndarray, chunk_size=None) -> np.ndarray:
     """The output stack ``(mode.n_rows, N, n_outputs)`` of ``model`` at the points ``x``, in chunks
-    of points (:func:`forward_chunk_size`). The value alone (one row, no pullback) is one compiled
-    call per worker where the backend has one for ``model`` (:func:`kernels.dense_sweep`)."""
+    of points (:func:`forward_chunk_size`). Without a pullback, the value and a series mode are one
+    compiled call per worker where the backend has one for ``model`` (:func:`kernels.dense_sweep`)."""
     size = forward_chunk_size(model, mode, len(x), chunk_size)
-    if mode.n_rows == 1 and not mode.for_vjp:
-        sweep = kernels.dense_sweep(model, x.dtype)
-        if sweep is not None:
-            return sweep.value(x, size)[None]
+    sweep = None if mode.for_vjp else kernels.dense_sweep(model, x.dtype)
+    if sweep is not None and mode.n_rows == 1:
+        return sweep.value(x, size)[None]
+    if sweep is not None and isinstance(mode, SeriesMode):
+        stack = sweep.series(mode.table, mode.order, mode.directions, x, size)
+        if stack is not None:
+            return stack
     parts = chunks(len(x), size)
     return gather(zip(map_chunks(lambda part: _sweep(model, mode, x, part)[0], parts), parts), len(x))
 

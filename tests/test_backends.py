@@ -453,7 +453,9 @@ def test_taylor_mode_in_many_directions_matches_numpy(activation, monkeypatch, r
         want = run_on("numpy", fn, model, x, kwargs, None, cotangent)
         calls.clear()
         got = run_on("numba", fn, model, x, kwargs, None, cotangent)
-        assert len(calls) == 2 * 3  # each hidden layer: the value, the sweep kept, the pullback
+        # each hidden layer: the value, the sweep kept, the pullback; tanh's value is the compiled
+        # series sweep, which calls the same driver from compiled code (test_numba_sweeps.py)
+        assert len(calls) == 2 * (2 if activation == "tanh" else 3)
         assert_close(got[0], want[0], fn.__name__)
         assert_close(got[2], want[2], f"{fn.__name__}: x cotangent")
         for name in want[1]:

@@ -9,6 +9,8 @@ against NumPy's ``matmul``, the call they replace.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -198,3 +200,136 @@ def test_the_switch_turns_the_compiled_sweeps_off(monkeypatch):
     assert numba_backend.dense_sweep(model, np.float64) is not None
     monkeypatch.setattr(numba_backend, "COMPILED_SWEEPS", False)
     assert numba_backend.dense_sweep(model, np.float64) is None
+
+
+# --- series modes (DenseSweep.series) ------------------------------------------------------------
+# Oracle: the generic numba path again, which calls the same generated kernels layer by layer. Equal
+# to rounding, not bit for bit: where LLVM inlines a generated kernel into the compiled loop, it may
+# contract other multiply-adds (the kernels are compiled with ``contract``; measured: one ulp).
+
+#: the series modes at d inputs: (name, call, rows of the stack)
+SERIES = {
+    "full, order 2": lambda model, x, c: nd.hessian(model, x, strategy="forward", chunk_size=c),
+    "full, order 3": lambda model, x, c: nd.derivatives(model, x, order=3, strategy="forward", chunk_size=c).tensor(3),
+    "collapsed": lambda model, x, c: nd.laplacian(model, x, chunk_size=c),
+    "collapsed, indefinite": lambda model, x, c: nd.laplacian(model, x, _indefinite(model.n_inputs), chunk_size=c),
+    "collapsed, per point": lambda model, x, c: nd.laplacian(model, x, _per_point(model, len(x)), chunk_size=c),
+    "taylor": lambda model, x, c: nd.taylor(model, x, _directions(model.n_inputs), order=3, chunk_size=c),
+    "taylor by direction": lambda model, x, c: nd.pure_derivatives(model, x, order=4, chunk_size=c),
+}
+
+
+def _indefinite(d):
+    return np.diag(np.linspace(-1.0, 2.0, d))
+
+
+def _per_point(model, n):
+    rng = np.random.default_rng(n)
+    B = rng.standard_normal((n, model.n_inputs, model.n_inputs))
+    return (B + np.swapaxes(B, 1, 2)).astype(model.dtype)
+
+
+def _directions(d):
+    return np.random.default_rng(d).standard_normal((3, d))
+
+
+def _close(got, want, dtype):
+    """Agreement to a few ulps of the result's scale (float32's, float64's)."""
+    scale = max(1.0, float(np.abs(want).max(initial=0.0)))
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(got, want, rtol=64 * eps, atol=64 * eps * scale)
+
+
+def _series_spy(monkeypatch) -> list:
+    """Records, per call of ``DenseSweep.series``, whether it ran (``False``: the engine swept)."""
+    taken, series = [], numba_sweeps.DenseSweep.series
+
+    def spy(self, *args):
+        out = series(self, *args)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(numba_sweeps.DenseSweep, "series", spy)
+    return taken
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", list(SERIES))
+@given(spec=networks(max_depth=3, d=2, activations=("tanh",), max_width=9, output_activation=True), data=st.data())
+def test_compiled_series_equal_the_generic_path(name, dtype, spec, data):
+    """Every table kind through random tanh chains, any number of points and chunks. The stacks of
+    these sizes are below the generated kernels' threshold, lowered here for both paths alike."""
+    model = build_model(spec, dtype)
+    if name == "taylor by direction":  # 1 + 5 * 4 = 21 rows: one direction at a time
+        model = build_model(data.draw(networks(max_depth=2, d=5, activations=("tanh",), max_width=6)), dtype)
+    n = data.draw(st.sampled_from([1, 2, 63, 300]), label="N")
+    chunk_size = data.draw(st.sampled_from([None, 1, 7, 64]), label="chunk_size")
+    x = np.random.default_rng(n).uniform(-2, 2, (n, model.n_inputs)).astype(dtype)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(numba_backend, "STRAIGHT_LINE_MIN_ELEMENTS", 1)
+        taken = _series_spy(patch)
+        got = SERIES[name](model, x, chunk_size)
+        assert taken == [True]
+        _generic(patch)
+        want = SERIES[name](model, x, chunk_size)
+    _close(got, want, dtype)
+
+
+@pytest.mark.parametrize("d", [2, 8])
+def test_benchmark_network_series_take_the_compiled_sweep(d, monkeypatch):
+    """W2 (forward), W3, W4 and W5 on the benchmark's network: one compiled call per worker, at the
+    generated kernels' own threshold, equal to the layer-by-layer path to rounding."""
+    numba = pytest.importorskip("numba")
+    model = nd.MLP([d, 64, 64, 64, 1], seed=0)
+    x = np.random.default_rng(0).uniform(-1, 1, (4096, d))
+    calls = [SERIES["full, order 2"], SERIES["collapsed"]]
+    calls += [lambda model, x, c, k=k: nd.pure_derivatives(model, x, order=k, chunk_size=c) for k in (3, 4)]
+    previous = numba.get_num_threads()
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    try:
+        taken = _series_spy(monkeypatch)
+        got = [call(model, x, None) for call in calls]
+        assert taken == [True] * len(calls)
+        _generic(monkeypatch)
+        want = [call(model, x, None) for call in calls]
+    finally:
+        numba.set_num_threads(previous)
+    for g, w in zip(got, want):
+        _close(g, w, np.float64)
+
+
+def test_series_of_other_chains_and_small_stacks_take_the_engines_sweep(monkeypatch):
+    """A sigmoid in the chain, or a chunk's stack below the generated kernels' threshold: the
+    layer-by-layer path (itself checked against the NumPy reference), the same results."""
+    x = np.random.default_rng(0).uniform(-1, 1, (2048, 2))
+    sigmoid = nd.Sequential(nd.Dense(2, 64, seed=1), nd.Activation("sigmoid"), nd.Dense(64, 1, seed=2))
+    tanh = nd.MLP([2, 64, 1], seed=0)
+    taken = _series_spy(monkeypatch)
+    for model, points in ((sigmoid, x), (tanh, x[:16])):
+        got = nd.laplacian(model, points)
+        with nd.use_backend("numpy"):
+            np.testing.assert_allclose(got, nd.laplacian(model, points), rtol=1e-12, atol=1e-13)
+    nd.laplacian(tanh, x)
+    assert taken == [False, False, True]
+
+
+def test_generated_modules_change_with_the_helpers_they_compile_in(tmp_path, monkeypatch):
+    """Numba's cache of a generated kernel holds the machine code of the helpers it calls
+    (numba_sweeps, numba_activations) and does not notice when those change: their sources' hash
+    is part of the generated source, hence of the module's name, so a changed helper compiles anew."""
+    from nnderiv.backends import numba_activations, numba_codegen
+    from nnderiv.combinatorics import multi_index_table
+
+    table = multi_index_table(2, 2)
+    assert numba_codegen.helpers_fingerprint() in numba_codegen.module_source(table, 2)
+    before = numba_codegen.module_source(table, 2)
+    edited = tmp_path / "numba_activations.py"
+    edited.write_bytes(Path(numba_activations.__file__).read_bytes() + b"\n# edited\n")
+    monkeypatch.setattr(numba_activations, "__file__", str(edited))
+    numba_codegen.helpers_fingerprint.cache_clear()
+    try:
+        assert numba_codegen.module_source(table, 2) != before
+    finally:
+        monkeypatch.undo()
+        numba_codegen.helpers_fingerprint.cache_clear()
+    assert numba_codegen.module_source(table, 2) == before

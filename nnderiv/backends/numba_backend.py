@@ -671,16 +671,33 @@ def _straight_line(stack, table, order: int) -> bool:
     )
 
 
+def _directional(table, order: int) -> bool:
+    """Whether ``table`` is one Taylor mode runs one direction at a time (:data:`DIRECTIONS_MIN_ROWS`);
+    no row limit: the size of those kernels does not grow with the directions."""
+    return order >= 1 and (table.n_directions or 0) >= 2 and table.n_coef >= DIRECTIONS_MIN_ROWS
+
+
 def _by_direction(stack, table, order: int) -> bool:
-    """Whether the activation step on ``stack`` runs Taylor mode's kernels of one direction
-    (:data:`DIRECTIONS_MIN_ROWS`); no row limit: their size does not grow with the directions."""
+    """Whether the activation step on ``stack`` runs Taylor mode's kernels of one direction."""
     return (
-        order >= 1
-        and (table.n_directions or 0) >= 2
-        and table.n_coef >= DIRECTIONS_MIN_ROWS
+        _directional(table, order)
         and stack.size >= STRAIGHT_LINE_MIN_ELEMENTS
         and stack.dtype in (np.float32, np.float64)
     )
+
+
+def tanh_series_share(table, order: int, smallest: int, dtype):
+    """The compiled loop over a worker's chunks of a series through a tanh chain
+    (:func:`~nnderiv.backends.numba_codegen.tanh_series_share`: ``(share, scratch)``), running
+    the kernels :func:`activate` runs on tanh stacks of at least ``smallest`` elements, or ``None``
+    where those are not generated ones (a smaller stack, a table without straight-line kernels)."""
+    if not FUSED_TANH or smallest < STRAIGHT_LINE_MIN_ELEMENTS or np.dtype(dtype) not in (np.float32, np.float64):
+        return None
+    if _directional(table, order):
+        return numba_codegen.tanh_series_share(table, order, "directions", dtype)
+    if numba_codegen.supports(table, order):
+        return numba_codegen.tanh_series_share(table, order, "rows", dtype)
+    return None
 
 
 def _by_direction_forward(stack, a, order: int):

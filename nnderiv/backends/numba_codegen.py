@@ -223,6 +223,65 @@ def _taylor_rows(a, z, out, n_dir, block):
     return "\n".join(drivers)
 
 
+#: the loop of :func:`series_share_source` over a worker's chunks, ``{name}`` the dtype; the
+#: activation step (``{activation}``) reads the product ``z`` and writes into the other stack ``h``
+SERIES_SHARE = """@numba.njit(**OPTIONS)
+def _tanh_{kernel}_share_{name}(
+    blas, ints, x, directions, params, layout, blocks, out, rows, buffers, chunk, worker, n_workers
+):
+    d, m = layout[0, 1], layout[len(layout) - 1, 2]
+    size = series_workspace(layout, rows, chunk)
+    work = buffers[worker]
+    stacks, scratch = work[: 2 * size].reshape((2, size)), work[2 * size :]
+    for s in range(worker * chunk, len(x) // d, n_workers * chunk):
+        e = min(len(x) // d, s + chunk)
+        n, last = e - s, 1 if e - s < chunk else 0  # a shorter last chunk has its own blocks of rows
+        series_seed(x, directions, s, e, rows, stacks[0])
+        h, current = stacks[0], 0
+        for layer in range(len(layout)):
+            z = stacks[1 - current]
+            series_affine(blas, ints, params, layout, layer, h, z, rows, n, blocks[last, layer])
+            if layout[layer, 4] == 0:
+                h, current = z, 1 - current
+                continue
+            M = n * layout[layer, 2]
+            h = stacks[current]
+            {activation}
+        series_place(h, out, s, e, rows, m)
+"""
+
+
+def series_share_source(table, order: int) -> str:
+    """A worker's chunks of a series mode through a tanh chain, every layer in one compiled call
+    (:meth:`~nnderiv.backends.numba_sweeps.DenseSweep.series`), per dtype: ``_tanh_rows_share``
+    with the table's straight-line tanh kernel (:func:`tanh_forward`), and for the module of one
+    direction ``_tanh_directions_share`` with Taylor mode's driver of any number of directions
+    (:func:`tanh_taylor_forward`, its coefficients in ``scratch``: ``(order + 2, DIRECTION_BLOCK)``).
+    The kernels are those the layer-by-layer path calls, with the same arguments: the same numbers."""
+    z, h = (", ".join(f"{a}[{r} * M : {r + 1} * M]" for r in range(table.n_coef)) for a in "zh")
+    calls = {"rows": f"_tanh_forward_rows_{{name}}(M, {z}, {h})"}
+    if table.n_directions == 1:
+        z, h = (f"{a}[: rows * M].reshape((rows, M))" for a in "zh")
+        a = f"scratch[: {(order + 2) * DIRECTION_BLOCK}].reshape(({order + 2}, {DIRECTION_BLOCK}))"
+        n_dir = f"(rows - 1) // {order}"
+        calls["directions"] = f"_tanh_taylor_rows_{{name}}({z}, {h}, {a}, False, {n_dir}, {DIRECTION_BLOCK})"
+    sources = []
+    for kernel, call in calls.items():
+        for name in (np.dtype(dtype).name for dtype in FLOATS):
+            sources.append(SERIES_SHARE.format(kernel=kernel, name=name, activation=call.format(name=name)))
+    return "\n\n".join(sources)
+
+
+def tanh_series_share(table, order: int, kernel: str, dtype):
+    """``(share, scratch elements per worker)``: the compiled loop of :func:`series_share_source`
+    whose activation steps run ``kernel`` (``"rows"`` or ``"directions"``) in ``dtype``."""
+    if kernel == "directions":
+        module, scratch = kernels(directional_table(1, order), order), (order + 2) * DIRECTION_BLOCK
+    else:
+        module, scratch = kernels(table, order), 0
+    return getattr(module, f"_tanh_{kernel}_share_{np.dtype(dtype).name}"), scratch
+
+
 def module_source(table, order: int) -> str:
     """The generated module: the loops (called with one array per row, see :func:`forward`)."""
     tanh = [tanh_forward_source(table, order, dtype, saving) for dtype in FLOATS for saving in (False, True)]
@@ -233,11 +292,14 @@ def module_source(table, order: int) -> str:
         tanh += [taylor_driver_source(order)]
     return f'''"""Kernels of {table.description}, order {order}: written by nnderiv.backends.numba_codegen."""
 
+# compiled with the helpers of source {helpers_fingerprint()}
+
 import numba
 import numpy as np
 
 from nnderiv.backends.numba_activations import tanh_sech2, wide_vectors
 from nnderiv.backends.numba_codegen import NoAliasCompiler
+from nnderiv.backends.numba_sweeps import series_affine, series_place, series_seed, series_workspace
 
 OPTIONS = dict(fastmath=False, cache=True, nogil=True, error_model="numpy")
 FUSED_OPTIONS = dict(OPTIONS, fastmath={{"contract"}})
@@ -247,7 +309,21 @@ FUSED_OPTIONS = dict(OPTIONS, fastmath={{"contract"}})
 
 {backward_source(table, order)}
 
-''' + "\n\n".join(tanh)
+''' + "\n\n".join(tanh + [series_share_source(table, order)])
+
+
+@cache
+def helpers_fingerprint() -> str:
+    """A hash of the sources whose compiled functions the generated kernels call (and Numba
+    compiles into them): part of each generated module's source, so of its name. Numba's cache of
+    a function does not notice a change in another file's functions it calls; a changed helper
+    (a new nnderiv) thus gets new modules, compiled afresh, not the old machine code."""
+    from . import numba_activations, numba_sweeps
+
+    digest = hashlib.sha256()
+    for module in (numba_activations, numba_sweeps):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def forward(table, order: int, a, z, out) -> None:

@@ -335,6 +335,58 @@ def _jacobian_share(
                 jacobian[k * n * d + s * d : k * n * d + e * d] = own[k * rows : (k + 1) * rows]
 
 
+# --- series modes (nnderiv.modes.series) through a tanh chain --------------------------------------
+# A worker's chunk is a stack (rows, n, width), flat, in one of two buffers: the seed, then per layer
+# one product into the other buffer (every row through W), the bias on the value row, and the
+# activation step back into the first, by a kernel generated for the table
+# (:func:`nnderiv.backends.numba_codegen.series_share_source` writes the loop over the chunks).
+
+
+@_jit
+def series_workspace(layout, rows, chunk):
+    """Elements of each of the two stacks of one worker: ``rows`` rows of ``chunk`` points, as wide
+    as the widest layer or the input."""
+    widest = layout[0, 1]
+    for layer in range(len(layout)):
+        widest = max(widest, layout[layer, 2])
+    return rows * chunk * widest
+
+
+@_jit
+def series_seed(x, directions, s, e, rows, stack):
+    """The series of the points ``x[s:e]`` (``x`` flat ``(N, d)``) into ``stack`` (flat ``(rows,
+    e - s, d)``), as :meth:`~nnderiv.modes.series.SeriesMode.seed`: the value row ``x``, first-order
+    rows ``1 ..`` the ``directions`` ``(n_first, 1, d)`` (shared) or ``(n_first, N, d)`` (per
+    point), zeros elsewhere."""
+    d, n = directions.shape[2], e - s
+    stack[: rows * n * d] = 0
+    stack[: n * d] = x[s * d : e * d]
+    shared = directions.shape[1] == 1
+    for r in range(directions.shape[0]):
+        for p in range(n):
+            q = 0 if shared else s + p
+            for i in range(d):
+                stack[((1 + r) * n + p) * d + i] = directions[r, q, i]
+
+
+@_jit
+def series_affine(blas, ints, params, layout, layer, h, z, rows, n, block):
+    """``z = h W`` on every row of the stack ``h`` (``rows * n`` points: ONE product, in blocks of
+    ``block`` rows, as :func:`~nnderiv.backends.numba_backend.affine`), plus ``b`` on the value row."""
+    W, b = _layer(params, layout, layer, False)
+    _product(blas, ints, h, W, z, rows * n, block)
+    _bias_activation(z, b, 0, z[:0], n)
+
+
+@_jit
+def series_place(h, out, s, e, rows, m):
+    """The chunk's output stack ``h`` (flat ``(rows, e - s, m)``) into its points of ``out`` (flat
+    ``(rows, N, m)``)."""
+    n_points, n = len(out) // (rows * m), e - s
+    for r in range(rows):
+        out[(r * n_points + s) * m : (r * n_points + e) * m] = h[r * n * m : (r + 1) * n * m]
+
+
 @dataclass(frozen=True)
 class DenseSweep:
     """The compiled sweeps of one dense chain (:func:`dense_sweep`), its parameters packed."""
@@ -393,6 +445,33 @@ class DenseSweep:
         sweep, kept, own = _jacobian_workspace(self.layout, chunk)
         self._run(_jacobian_share, args, n, chunk, 2 * sweep + kept + own)
         return value, jacobian
+
+    def series(self, table, order: int, directions: np.ndarray, x: np.ndarray, chunk: int) -> np.ndarray | None:
+        """The output stack ``(table.n_coef, N, m)`` of the series of ``table`` to ``order`` at
+        ``x`` ``(N, d)``, seeded with ``directions`` ``(n_first, d)`` or ``(n_first, N, d)``
+        (:class:`~nnderiv.modes.series.SeriesMode`), ``chunk`` points at a time on each worker;
+        ``None`` where the chain has an activation other than tanh, or the layer-by-layer path
+        would run other kernels than generated ones on some chunk
+        (:func:`~nnderiv.backends.numba_backend.tanh_series_share`): then the engine sweeps."""
+        from . import numba_backend
+
+        kinds = self.layout[:, 4]
+        if order < 1 or not (kinds == KINDS["tanh"]).any() or (kinds > KINDS["tanh"]).any():
+            return None
+        n, rows, m = len(x), table.n_coef, self.layout[-1, 2]
+        chunk = max(1, min(chunk, n))
+        smallest = rows * (n % chunk or chunk) * self.layout[kinds != 0, 2].min()  # the smallest stack activated
+        found = numba_backend.tanh_series_share(table, order, smallest, x.dtype)
+        if found is None:
+            return None
+        share, scratch = found
+        out = np.empty((rows, n, m), dtype=x.dtype)
+        shape = (directions.shape[0], -1, x.shape[1])
+        directions = np.ascontiguousarray(directions, dtype=x.dtype).reshape(shape)
+        flat = np.ascontiguousarray(x).reshape(-1)
+        args = (flat, directions, self.params, self.layout, self._blocks(rows * n, rows * chunk), out.reshape(-1), rows)
+        self._run(share, args, n, chunk, 2 * series_workspace(self.layout, rows, chunk) + scratch)
+        return out
 
 
 def dense_sweep(model, dtype) -> DenseSweep | None:
