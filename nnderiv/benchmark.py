@@ -468,7 +468,7 @@ def counting_gemms(backend: str):
     on whichever worker thread it runs (:mod:`nnderiv.parallel`), and which threads ran them.
 
     Measurement only: the backend module's two functions are wrapped for the block and restored.
-    The numba backend's compiled sweeps (value, Jacobian) call BLAS from compiled code, out of
+    The numba backend's compiled sweeps (value, Jacobian, series modes) call BLAS from compiled code, out of
     reach of a Python wrapper, so they are off for the block: the layer-by-layer path makes the same
     BLAS calls on the same blocks of rows. A strategy that multiplies matrices elsewhere is not
     counted (the count then reads low).
@@ -997,8 +997,9 @@ def format_gemm(entries: list[dict], blas: dict) -> str:
         f"{blas['tall_gflops']:.1f} GFLOP/s on ({rows}, {width}) x ({width}, {width}) "
         f"({blas.get('tall_gflops_one_thread') or float('nan'):.1f} on one thread){_peer_gemms(blas)}. "
         "Target: nnderiv's GEMMs >= 50% of the square figure (of one thread's, for products on several "
-        "worker threads: GF/s per thread). numba's value and Jacobian: products timed on the layer-by-layer "
-        "path, whose BLAS calls the compiled sweep makes from compiled code.",
+        "worker threads: GF/s per thread). numba's compiled sweeps (value, Jacobian, tanh series): products "
+        "timed on the layer-by-layer path, whose BLAS calls they make from compiled code (against the "
+        "compiled call's time, the GEMM share can exceed 100%).",
         f"{'workload':<12} {'d':>3} {'backend':<8} {'rows':>6} {'GFLOP':>7} {'GEMM ms':>8} {'threads':>7} "
         f"{'GEMM GF/s':>9} {'of BLAS':>7} {'of tall':>7} {'overall GF/s':>12} {'GEMM share':>10}  target  "
         "strategy (nd.explain)",
