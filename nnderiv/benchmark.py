@@ -193,13 +193,22 @@ def nnderiv_method(workload: Workload, problem: Problem, backend: str, chunk_siz
     if backend == "cupy":
         problem = dataclasses.replace(problem, model=make_problem(problem.d, problem.n).model.to("cupy"))
     call = nnderiv_call(workload, problem, chunk_size)
+    finish = _device_synchronize if backend == "cupy" else (lambda: None)
 
-    def run():
+    def run():  # on the GPU: until its kernels have finished, not only been queued
         with nd.use_backend(backend):
-            return call()
+            out = call()
+        finish()
+        return out
 
     memory = None if backend == "cupy" else (lambda: traced_peak(run))  # tracemalloc sees host memory only
     return Method(f"nnderiv {backend}", "nnderiv", run, flatten, backend, memory, "tracemalloc")
+
+
+def _device_synchronize() -> None:
+    import cupy
+
+    cupy.cuda.get_current_stream().synchronize()
 
 
 def traced_peak(fn: Callable) -> int:
@@ -216,14 +225,23 @@ def traced_peak(fn: Callable) -> int:
 # peers: torch.func and JAX through one adapter, folx and jet on top of JAX
 
 
-def torch_adapter(threads: int):
-    """torch.func behind the names the method builders use; ``None`` when torch is missing."""
+def torch_adapter(threads: int, device: str = "cpu"):
+    """torch.func behind the names the method builders use, on ``device`` ("cpu" or "gpu");
+    ``None`` when torch is missing (an error when it sees no GPU it is asked to use)."""
     try:
         import torch
         import torch.func as tf
     except ImportError:
         return None
     torch.set_num_threads(threads)
+    if device == "gpu" and not torch.cuda.is_available():
+        raise nd.BackendError("--peer-device gpu: torch sees no CUDA device (torch.cuda.is_available() is False)")
+    where = torch.device("cuda" if device == "gpu" else "cpu")
+    synchronize = torch.cuda.synchronize if device == "gpu" else (lambda: None)
+
+    def ready(out):
+        synchronize()
+        return out
 
     def value_and_grad(fn):
         return lambda p: tuple(reversed(tf.grad_and_value(fn)(p)))
@@ -236,21 +254,27 @@ def torch_adapter(threads: int):
         jacfwd=tf.jacfwd,
         jvp=tf.jvp,
         value_and_grad=value_and_grad,
-        eye=lambda d: torch.eye(d, dtype=torch.float64),
-        asarray=lambda a: torch.from_numpy(np.array(a, dtype=np.float64)),
+        eye=lambda d: torch.eye(d, dtype=torch.float64, device=where),
+        asarray=lambda a: torch.from_numpy(np.array(a, dtype=np.float64)).to(where),
         compile=lambda fn: fn,
-        ready=lambda out: out,
+        ready=ready,
         memory=None,
+        device=str(where),
     )
 
 
-def jax_adapter(threads: int):
-    """JAX (float64 through ``jax_enable_x64``, set by :func:`run_benchmark`) or ``None``."""
+def jax_adapter(threads: int, device: str = "cpu"):
+    """JAX (float64 through ``jax_enable_x64``, set by :func:`run_benchmark`) on ``device`` ("cpu" or
+    "gpu": its arrays are put there, so its compiled functions run there) or ``None``."""
     try:
         import jax
         import jax.numpy as jnp
     except ImportError:
         return None
+    try:
+        where = jax.devices("gpu" if device == "gpu" else "cpu")[0]
+    except RuntimeError as exc:
+        raise nd.BackendError(f"--peer-device {device}: JAX has no such device ({exc})") from None
 
     def memory(fn, *args):  # XLA's buffer plan of the compiled function
         stats = fn.lower(*args).compile().memory_analysis()
@@ -265,10 +289,11 @@ def jax_adapter(threads: int):
         jvp=jax.jvp,
         value_and_grad=jax.value_and_grad,
         eye=lambda d: jnp.eye(d, dtype=jnp.float64),
-        asarray=lambda a: jnp.asarray(np.asarray(a, dtype=np.float64)),
+        asarray=lambda a: jax.device_put(np.asarray(a, dtype=np.float64), where),
         compile=jax.jit,
         ready=jax.block_until_ready,
         memory=memory,
+        device=str(where),
     )
 
 
@@ -375,20 +400,22 @@ def peer_methods(ad, workload: Workload, problem: Problem) -> list[Method]:
     return methods
 
 
-def peer_adapters(peers, threads: int) -> tuple[list, dict[str, str]]:
+def peer_adapters(peers, threads: int, device: str = "cpu") -> tuple[list, dict[str, str]]:
     """The adapters of the requested peers that import, and why each other one is skipped."""
     adapters, notes = [], {}
     if "torch" in peers:
-        ad = torch_adapter(threads)
+        ad = torch_adapter(threads, device)
         adapters += [ad] if ad else []
-        notes["torch.func"] = f"{threads} threads (torch.set_num_threads)" if ad else "skipped: torch not installed"
+        where = f"{threads} threads (torch.set_num_threads)" if device == "cpu" else "eager on the GPU"
+        notes["torch.func"] = f"{where}, {ad.device}" if ad else "skipped: torch not installed"
     if "jax" in peers or "folx" in peers:
-        ad = jax_adapter(threads)
+        ad = jax_adapter(threads, device)
         if ad is None:
             notes["JAX"] = "skipped: jax not installed"
         elif "jax" in peers:
             adapters.append(ad)
-            notes["JAX"] = f"jit; own thread pool (XLA_FLAGS={os.environ.get('XLA_FLAGS', 'unset')})"
+            where = f"own thread pool (XLA_FLAGS={os.environ.get('XLA_FLAGS', 'unset')})" if device == "cpu" else ""
+            notes["JAX"] = f"jit on {ad.device}; {where}".rstrip("; ")
         if ad is not None and "folx" in peers:
             try:
                 import folx  # noqa: F401
@@ -570,6 +597,7 @@ class Settings:
     workloads: tuple = tuple(WORKLOADS)
     backends: tuple = ()  # default: numpy, numba, and cupy when it runs
     peers: tuple = PEERS
+    peer_device: str = "cpu"  # where torch and JAX run: "cpu" or "gpu"
     max_call_s: float = 20.0
     sweep: bool = True
     sweep_repeats: int = 3
@@ -648,7 +676,8 @@ def rss_probe() -> None:
         if spec["family"] == "nnderiv":
             methods = [nnderiv_method(workload, problem, spec["backend"])]
         else:
-            adapters = [ad for ad in peer_adapters(settings.peers, settings.threads)[0] if ad.family == spec["family"]]
+            found = peer_adapters(settings.peers, settings.threads, settings.peer_device)[0]
+            adapters = [ad for ad in found if ad.family == spec["family"]]
             methods = [m for ad in adapters for m in peer_methods(ad, workload, problem)]
         (method,) = [m for m in methods if m.name == spec["name"]]
         with open("/proc/self/clear_refs", "w") as fh:
@@ -768,6 +797,25 @@ def machine() -> dict:
         "platform": platform.platform(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def gpu() -> dict | None:
+    """The GPU the cupy backend runs on (name, memory, CUDA runtime, CuPy), ``None`` without one."""
+    try:
+        import cupy
+
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        runtime = cupy.cuda.runtime.runtimeGetVersion()
+    except Exception:  # no CuPy, no driver, no device
+        return None
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    return {
+        "name": name,
+        "memory_gib": round(props["totalGlobalMem"] / 2**30, 1),
+        "multiprocessors": props["multiProcessorCount"],
+        "cuda_runtime": f"{runtime // 1000}.{runtime % 1000 // 10}",
+        "cupy": cupy.__version__,
     }
 
 
@@ -1041,6 +1089,7 @@ def format_report(results: dict, details: bool = True) -> str:
     simd = "AVX-512" if m["avx512f"] else "AVX2, no AVX-512" if m["avx2"] else "no AVX2"
     parts = [
         f"{m['date']}  {m['cpu']}, {m['cores']} cores, {simd}; load average {m['load_average']}",
+        *(["GPU: " + ", ".join(f"{k} {val}" for k, val in m["gpu"].items())] if m.get("gpu") else []),
         "versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
         "threads: " + ", ".join(f"{k}={val}" for k, val in t.items()),
         "peers: " + "; ".join(f"{k}: {val}" for k, val in results["peers"].items()),
@@ -1170,9 +1219,9 @@ def run_benchmark(settings: Settings | None = None, progress: Callable = print) 
     settings.backends = tuple(settings.backends) or default_backends()
     settings.threads = settings.threads or blas_threads()
     with peer_environment(settings):
-        adapters, notes = peer_adapters(settings.peers, settings.threads)
+        adapters, notes = peer_adapters(settings.peers, settings.threads, settings.peer_device)
         results = {
-            "machine": machine(),
+            "machine": {**machine(), "gpu": gpu() if "cupy" in settings.backends else None},
             "versions": versions(),
             "peers": notes,
             "blas": blas_throughput(settings.blas_size),
@@ -1208,6 +1257,9 @@ def add_arguments(parser: argparse.ArgumentParser, short: bool = False) -> None:
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS), metavar="W")
     parser.add_argument("--backends", nargs="+", default=None, help="nnderiv backends (default numpy numba [cupy])")
     parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=[*PEERS, "none"], help="none: no peers")
+    parser.add_argument(
+        "--peer-device", choices=["cpu", "gpu"], default="cpu", help="where torch and JAX run (gpu: beside cupy)"
+    )
     parser.add_argument("--max-call-s", type=float, default=quick.max_call_s, help="slower methods run once only")
     json_default = None if short else "bench-results.json"
     parser.add_argument("--json", default=json_default, metavar="PATH", help="write every result to this JSON file")
@@ -1240,6 +1292,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         workloads=tuple(args.workloads),
         backends=tuple(args.backends or ()),
         peers=tuple(p for p in args.peers if p != "none"),
+        peer_device=args.peer_device,
         max_call_s=args.max_call_s,
         sweep=args.sweep,
         sweep_dims=tuple(args.sweep_dims),
@@ -1264,7 +1317,11 @@ def run_from_args(args: argparse.Namespace) -> int:
         with open(args.from_json) as fh:
             results = json.load(fh)
     else:
-        results = run_benchmark(settings_from(args), progress=lambda line: print(line, file=sys.stderr, flush=True))
+        try:
+            results = run_benchmark(settings_from(args), progress=lambda line: print(line, file=sys.stderr, flush=True))
+        except nd.BackendError as exc:  # a backend or peer device that is not there
+            print(f"bench: {exc}", file=sys.stderr)
+            return 2
     print("\n" + format_report(results, args.details))
     if args.markdown:
         print("\n" + format_markdown(results))

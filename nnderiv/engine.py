@@ -12,6 +12,8 @@ chunk's intermediates, so memory stays bounded by one chunk per worker.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from . import _validation as check
@@ -160,8 +162,19 @@ CACHE_STACK_BYTES = 5 * 2**19
 MIN_CACHE_CHUNK = 128
 
 
+def _on_device() -> bool:
+    """Whether the current backend runs on a GPU: its kernels want every point in one launch (a
+    chunk costs the same launches whatever its size), and no CPU cache is there to fit."""
+    from . import backends
+
+    return backends.active().ON_DEVICE
+
+
 def cache_chunk_size(model, rows: int) -> int:
-    """Points per chunk such that a stack of ``rows`` rows at the widest layer fills ``CACHE_STACK_BYTES``."""
+    """Points per chunk such that a stack of ``rows`` rows at the widest layer fills ``CACHE_STACK_BYTES``
+    (on a GPU: no limit but the memory's)."""
+    if _on_device():
+        return sys.maxsize
     widest = max(max(width for _, width in leaf_layers(model)), model.n_outputs)
     return max(MIN_CACHE_CHUNK, CACHE_STACK_BYTES // (rows * widest * model.dtype.itemsize))
 
@@ -173,10 +186,12 @@ PULLBACK_CACHE_BYTES = 8 * 2**20
 
 def pullback_chunk_size(model, mode) -> int:
     """Points per chunk such that one forward-and-pullback of ``mode`` fills ``PULLBACK_CACHE_BYTES``
-    (and, all kept, fits the memory limit)."""
+    (and, all kept, fits the memory limit; on a GPU, only that)."""
     per_point = bytes_per_point(model, mode) + kept_bytes_per_point(model, mode)
     budget = HEADROOM * get_memory_limit() - _workspace(model, mode)
     fitting = max(1, int(budget // (per_point * workers())))
+    if _on_device():
+        return fitting
     return min(max(MIN_CACHE_CHUNK, PULLBACK_CACHE_BYTES // per_point), fitting)
 
 

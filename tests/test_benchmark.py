@@ -148,3 +148,23 @@ def test_nnderiv_bench_runs(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "W1 Jacobian" in out and "GFLOP/s" in out
     assert json.loads(path.read_text())["settings"]["points"] == 64
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
+def test_peers_asked_onto_a_gpu_that_is_not_there_say_so(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU for torch")
+    assert bench.main([*TINY, "--workloads", "W0", "--peers", "torch", "--peer-device", "gpu"]) == 2
+    assert "--peer-device gpu: torch sees no CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax not installed")
+def test_jax_peer_arrays_are_put_on_the_device_asked_for():
+    import jax
+
+    ad = bench.jax_adapter(threads=1, device="cpu")
+    x = ad.asarray(np.ones((3, 2)))
+    assert x.devices() == {jax.devices("cpu")[0]} and ad.device == str(jax.devices("cpu")[0])
+    assert float(ad.ready(ad.compile(lambda a: a.sum())(x))) == 6.0

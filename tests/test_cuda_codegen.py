@@ -319,3 +319,22 @@ def test_the_cupy_backend_runs_the_fused_kernels(table_name, dtype, cupy, rng):
     adjoint = rng.normal(size=(tangents, 2, *stack.shape[1:])).astype(dtype)
     got = cupy_backend.activation_adjoint(cupy.asarray(adjoint), cupy.asarray(a), cupy.asarray(stack))
     np.testing.assert_array_equal(host(got), reference.activation_adjoint(adjoint, a, stack))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("order", [1, 2, 4])
+def test_the_fused_tanh_step_keeps_nan_and_inf_where_the_reference_does(order, dtype, cupy, rng):
+    """NaN in, NaN out, in every row: the cap on ``|z|`` in ``exp(-2 min(|z|, cutoff))`` is
+    ``np.minimum`` (a NaN stays), not C's ``fmin`` (which returns the other operand); +-inf give
+    the limits ``tanh = +-1``, every derivative 0."""
+    from nnderiv.backends import cupy_backend
+
+    table = multi_index_table(2, order)
+    stack = rng.normal(scale=2.0, size=(table.n_coef, 50, 3)).astype(dtype)
+    stack[0, 0, :] = [np.nan, np.inf, -np.inf]
+    tanh = nd.get_activation("tanh")
+    want = reference.activate(stack, tanh, table, order)
+    got = reference.asarray(cupy_backend.activate(cupy.asarray(stack), tanh, table, order))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(got[:, 0, 0]).all()
+    np.testing.assert_array_equal(got[:, 0, 1:], want[:, 0, 1:])  # the limits, exactly

@@ -96,6 +96,26 @@ def test_forward_chunks_are_cache_sized_by_default():
     assert engine.MIN_CACHE_CHUNK <= size and rows * size * 64 * 8 <= engine.CACHE_STACK_BYTES
 
 
+def test_on_a_gpu_every_point_is_one_chunk_while_it_fits(monkeypatch):
+    """A GPU has no cache to fit and each chunk costs the same launches: the memory limit alone cuts."""
+    from nnderiv import engine
+    from nnderiv.backends import numpy_backend
+    from nnderiv.modes.full import FullMode
+
+    wide, mode, n = nd.MLP([8, 64, 64, 1], seed=0), FullMode(8, 2), 20_000
+    on_host = engine.forward_chunk_size(wide, mode, n, None)
+    monkeypatch.setattr(numpy_backend, "ON_DEVICE", True)  # the numpy backend standing in for cupy
+    with nd.use_backend("numpy"), nd.memory_limit(2**34):
+        assert on_host < engine.forward_chunk_size(wide, mode, n, None) == n
+        kept = FullMode(8, 2, for_vjp=True)
+        per_point = engine.bytes_per_point(wide, kept) + engine.kept_bytes_per_point(wide, kept)
+        assert engine.pullback_chunk_size(wide, kept) * per_point > 100 * engine.PULLBACK_CACHE_BYTES
+    with nd.use_backend("numpy"), nd.memory_limit(2**26):  # the limit still cuts
+        per_point = engine.bytes_per_point(wide, mode)
+        size = engine.forward_chunk_size(wide, mode, n, None)
+        assert size < n and size * per_point <= 2**26
+
+
 def test_chunk_size_over_limit_is_refused(model):
     x = np.zeros((50_000, 3))
     with nd.memory_limit(2**25), pytest.raises(nd.MemoryLimitError, match="chunk_size <="):

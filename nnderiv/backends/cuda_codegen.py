@@ -49,7 +49,8 @@ def _prelude(dtype, host: bool) -> str:
     real, suffix = _TYPES[np.dtype(dtype)]
     lines = ["#include <math.h>"] if host else []
     lines += [f"typedef {real} real;", "#define REAL(x) ((real) (x))"]
-    lines += [f"#define {name.upper()} {name}{suffix}" for name in ("tanh", "exp", "fabs", "fmin")]
+    lines += [f"#define {name.upper()} {name}{suffix}" for name in ("tanh", "exp", "fabs")]
+    lines.append("#define FMIN(a, b) ((b) < (a) ? (b) : (a))  /* np.minimum's NaN: fmin(NaN, b) is b */")
     return "\n".join(lines)
 
 
