@@ -495,10 +495,10 @@ def counting_gemms(backend: str):
     on whichever worker thread it runs (:mod:`nnderiv.parallel`), and which threads ran them.
 
     Measurement only: the backend module's two functions are wrapped for the block and restored.
-    The numba backend's compiled sweeps (value, Jacobian, series modes) call BLAS from compiled code, out of
-    reach of a Python wrapper, so they are off for the block: the layer-by-layer path makes the same
-    BLAS calls on the same blocks of rows. A strategy that multiplies matrices elsewhere is not
-    counted (the count then reads low).
+    The numba backend's compiled sweeps (value, Jacobian, series modes) multiply in compiled code,
+    out of reach of a Python wrapper, so they are off for the block: the layer-by-layer path
+    computes the same products the same way (register tiles, or BLAS calls on the same blocks of
+    rows). A strategy that multiplies matrices elsewhere is not counted (the count then reads low).
     """
     from .backends import load
 

@@ -239,9 +239,11 @@ def test_kernels_match_the_reference(backend, numba_path, table_name, dtype, rng
 def test_numba_runs_a_stacked_product_as_blocks_of_rows_where_blas_is_faster_so(transposed, monkeypatch, rng):
     """Where OpenBLAS's small-matrix kernels apply, the numba backend hands BLAS a batch of blocks
     of rows (the remainder in one more call); the product is the reference's to rounding (measured:
-    bit for bit), and a pullback's ``W.T`` gets the same path."""
-    from nnderiv.backends import numba_backend
+    bit for bit), and a pullback's ``W.T`` gets the same path: where the register tiles do not
+    take the product (``tests/test_numba_tiles.py``)."""
+    from nnderiv.backends import numba_backend, numba_tiles
 
+    monkeypatch.setattr(numba_tiles, "TILED_PRODUCTS", False)
     monkeypatch.setattr(numba_backend, "_blas_has_small_kernels", lambda: True)
     calls, matmul = [], np.matmul
     monkeypatch.setattr(np, "matmul", lambda a, b, **kw: calls.append(a.shape) or matmul(a, b, **kw))

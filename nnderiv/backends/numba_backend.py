@@ -37,7 +37,7 @@ from functools import cache
 import numba
 import numpy as np
 
-from . import numba_codegen, numba_sweeps
+from . import numba_codegen, numba_sweeps, numba_tiles
 from . import numpy_backend as reference
 from ._allocator import keep_freed_memory
 from .numba_activations import KINDS, fill_block, fill_low, wide_vectors
@@ -148,9 +148,11 @@ def _gemm_block_rows(n_rows: int, n_in: int, n_out: int) -> int:
 
 
 def affine(stack, W):
-    """``stack @ W`` over the last axis: the reference's product on ``(rows * N, n_in)``, as one
-    BLAS call or, where BLAS's small-matrix kernels are faster, one batched ``matmul`` over blocks
-    of rows (:data:`SMALL_GEMM_MULADDS`; NumPy loops over the batch in C, a BLAS call per block)."""
+    """``stack @ W`` over the last axis: the reference's product on ``(rows * N, n_in)``, in
+    register tiles where they fit (:mod:`~nnderiv.backends.numba_tiles`: on the calling thread,
+    each worker its own chunk's), else as one BLAS call or, where BLAS's small-matrix kernels are
+    faster, one batched ``matmul`` over blocks of rows (:data:`SMALL_GEMM_MULADDS`; NumPy loops over
+    the batch in C, a BLAS call per block)."""
     rows, n, n_in = stack.shape
     n_out = W.shape[1]
     floating = stack.dtype == W.dtype and stack.dtype in (np.float32, np.float64)
@@ -159,8 +161,13 @@ def affine(stack, W):
     if n_in == 1:
         return _outer_product(stack, W)
     # W.T of a pullback, copied (n_in * n_out numbers): BLAS's NN kernel is up to 3x faster than
-    # its transposed one on narrow products ((2048, 64) x (64, 2): 35 against 115 us)
+    # its transposed one on narrow products ((2048, 64) x (64, 2): 35 against 115 us), and the
+    # tiles read rows of W
     W = np.ascontiguousarray(W)
+    if numba_tiles.fits(n_in, n_out, stack.dtype):
+        out = np.empty((rows, n, n_out), dtype=stack.dtype)
+        numba_tiles.tiled_product(stack.reshape(rows * n, n_in), W, out.reshape(rows * n, n_out))
+        return out
     block = _gemm_block_rows(rows * n, n_in, n_out)
     if block == rows * n:
         return reference.affine(stack, W)

@@ -318,10 +318,10 @@ def helpers_fingerprint() -> str:
     compiles into them): part of each generated module's source, so of its name. Numba's cache of
     a function does not notice a change in another file's functions it calls; a changed helper
     (a new nnderiv) thus gets new modules, compiled afresh, not the old machine code."""
-    from . import numba_activations, numba_sweeps
+    from . import numba_activations, numba_sweeps, numba_tiles
 
     digest = hashlib.sha256()
-    for module in (numba_activations, numba_sweeps):
+    for module in (numba_activations, numba_sweeps, numba_tiles):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()[:16]
 

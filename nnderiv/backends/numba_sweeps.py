@@ -34,7 +34,9 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
+from . import numba_tiles
 from .numba_activations import FILL_FASTMATH, KINDS, sigmoid_parts, tanh_sech2, wide_vectors
+from .numba_tiles import tiled_product
 
 #: row-major; no transposition, transposition (CBLAS's enumerations)
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
@@ -171,7 +173,8 @@ def _matmul(blas, ints, a, b, c):
 @_jit
 def _product(blas, ints, h, W, out, n, block):
     """``out[:n] = h[:n] @ W`` (flat row-major buffers) by the products of
-    :func:`~nnderiv.backends.numba_backend.affine`: blocks of ``block`` rows, then the rest."""
+    :func:`~nnderiv.backends.numba_backend.affine`: blocks of ``block`` rows, then the rest; all
+    ``n`` rows in register tiles for ``block`` 0 (:func:`~nnderiv.backends.numba_tiles.tiled_product`)."""
     n_in, n_out = W.shape
     if n_in == 1:  # an outer product, one multiplication per entry (numba_backend._outer_product)
         wide_vectors()
@@ -179,6 +182,9 @@ def _product(blas, ints, h, W, out, n, block):
             c = h[p]
             for j in range(n_out):
                 out[p * n_out + j] = c * W[0, j]
+        return
+    if block == 0:
+        tiled_product(h[: n * n_in].reshape((n, n_in)), W, out[: n * n_out].reshape((n, n_out)))
         return
     for s in range(0, n, block):
         rows = min(block, n - s)
@@ -397,13 +403,18 @@ class DenseSweep:
     ints: np.integer  # a value of the library's integer type
 
     def _blocks(self, n: int, chunk: int, transposed: bool = False) -> np.ndarray:
-        """Rows per BLAS call of every layer's product, for a whole chunk and for the last one."""
+        """Rows per BLAS call of every layer's product, for a whole chunk and for the last one; 0
+        for a product in register tiles (:func:`~nnderiv.backends.numba_tiles.fits`)."""
         from .numba_backend import _gemm_block_rows
 
         shapes = [(n_out, n_in) if transposed else (n_in, n_out) for n_in, n_out in self.layout[:, 1:3].tolist()]
-        full = [max(1, _gemm_block_rows(chunk, *shape)) for shape in shapes]
+
+        def rows(n_rows, shape):
+            return 0 if numba_tiles.fits(*shape, self.params.dtype) else max(1, _gemm_block_rows(n_rows, *shape))
+
+        full = [rows(chunk, shape) for shape in shapes]
         last = n % chunk
-        return np.array([full, [max(1, _gemm_block_rows(last, *shape)) for shape in shapes] if last else full])
+        return np.array([full, [rows(last, shape) for shape in shapes] if last else full])
 
     def _transposes(self) -> np.ndarray:
         """Every ``W^T`` (row-major) at the offset of its ``W``, the biases beside them (the

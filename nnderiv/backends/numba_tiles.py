@@ -1,0 +1,193 @@
+r"""Tall products ``c = a @ W`` with the sums in registers: the matrix product of every sweep.
+
+A sweep's products all have one shape: a tall stack of rows (points times stacked coefficients,
+thousands) times a small weight matrix (``64 x 64`` in the benchmark's network). OpenBLAS runs
+them through its general path, packing both operands into buffers before its micro-kernel sees
+them; with its AVX2 kernels (``Haswell``: what it picks for a CPU it does not know, or what
+``OPENBLAS_CORETYPE`` asks for) that is 45-55 GFLOP/s on one core of a CPU whose 512-bit units
+allow twice as many multiply-adds (``docs/performance.md``).
+
+Here a *tile* of ``TILE_ROWS`` rows of ``c`` by ``TILE_VECTORS`` SIMD vectors of columns keeps its
+``TILE_ROWS * TILE_VECTORS`` sums in vector registers through the whole sum over ``k``: each step
+loads ``TILE_VECTORS`` vectors of ``W``'s row ``k`` and, for each of the tile's rows, broadcasts
+``a[i, k]`` and does ``TILE_VECTORS`` fused multiply-adds. Nothing is packed (the operands are
+read where they are: ``W``'s panel stays in the core's cache, the tile's rows of ``a`` too), and
+nothing but ``c`` is written. With 512-bit vectors (32 registers) a tile is 6 rows by 4 vectors
+(24 sums, 4 rows of ``W``, the broadcast): 110-125 GFLOP/s on one Zen 5 core, 2.1-3.0x
+OpenBLAS's AVX2 kernels on every shape measured up to ``256 x 256`` (1.3x at ``512 x 512``).
+
+The sums are ``c_ij = fma(a_ik, w_kj, ...)`` for ``k = 0, 1, ...``, from 0: the order of OpenBLAS's
+kernels where they do not split ``k`` (measured the same bits as its AVX2 kernels for
+``k <= 256``), to rounding elsewhere. Every entry is summed in that order whatever tile, block or
+thread computes it, so a product has the same bits in every sweep and on any number of workers.
+
+The tiles are explicit LLVM vector code (:func:`_tile`), so the vector width is chosen here, from
+the CPU Numba compiles for (:data:`TILE_BITS`); where that is not the host's own CPU with AVX2 and
+FMA, :func:`fits` is false and the products stay BLAS's.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numba
+import numpy as np
+from llvmlite import binding, ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .numba_activations import wide_vectors
+
+
+def _vector_bits() -> int:
+    """The SIMD width of the tiles: 512 with AVX-512F, 256 with AVX2 and FMA, 0 (no tiles) where
+    the CPU has neither or Numba compiles for another CPU than the host's (``NUMBA_CPU_NAME``)."""
+    if numba.config.CPU_NAME not in (None, "host"):
+        return 0
+    features = binding.get_host_cpu_features()
+    if features.get("avx512f"):
+        return 512
+    return 256 if features.get("avx2") and features.get("fma") else 0
+
+
+#: bits per SIMD vector of the tiles (0: no tiles, the products are BLAS's)
+TILE_BITS = _vector_bits()
+#: rows per tile, and vectors of columns: 6 x 4 (24 sums) in 32 registers of 512 bits, 6 x 2 (12)
+#: in 16 of 256
+TILE_ROWS = 6
+TILE_VECTORS = 4 if TILE_BITS == 512 else 2
+#: the largest ``W`` (bytes) taken by tiles: each tile row block reads all of it, from the core's
+#: cache (measured faster than BLAS up to ``512 x 512`` float64, 2 MiB)
+TILE_MAX_WEIGHT_BYTES = 2 * 2**20
+#: ``NNDERIV_TILED_PRODUCTS=0``: every product BLAS's (an A/B switch, read when a product is planned)
+TILED_PRODUCTS = os.environ.get("NNDERIV_TILED_PRODUCTS", "1") != "0"
+
+
+def lanes(dtype) -> int:
+    """Numbers per SIMD vector of the tiles in ``dtype``."""
+    return TILE_BITS // (8 * np.dtype(dtype).itemsize)
+
+
+def fits(n_in: int, n_out: int, dtype) -> bool:
+    """Whether an ``(M, n_in) x (n_in, n_out)`` product in ``dtype`` runs in tiles: float32 or
+    float64, at least one vector of columns, ``W`` within :data:`TILE_MAX_WEIGHT_BYTES`."""
+    dtype = np.dtype(dtype)
+    return (
+        TILED_PRODUCTS
+        and TILE_BITS > 0
+        and dtype in (np.float32, np.float64)
+        and n_out >= lanes(dtype)
+        and n_in * n_out * dtype.itemsize <= TILE_MAX_WEIGHT_BYTES
+    )
+
+
+def _tile(rows: int, vectors: int):
+    """The intrinsic ``tile(a, W, c, i, j)``: ``c[i : i + rows, j : j + vectors * lanes] =
+    a[i : i + rows] @ W[:, j : j + vectors * lanes]`` for row-major 2D arrays of one dtype."""
+
+    @intrinsic
+    def tile(typingctx, a, W, c, i, j):
+        def codegen(context, builder, signature, args):
+            a_type, W_type, c_type = signature.args[:3]
+            arrays = [context.make_array(t)(context, builder, v) for t, v in zip(signature.args[:3], args[:3])]
+            i, j = (context.cast(builder, v, t, types.intp) for v, t in zip(args[3:], signature.args[3:]))
+            real = context.get_value_type(a_type.dtype)
+            bits = a_type.dtype.bitwidth
+            width = TILE_BITS // bits
+            vector, index = ir.VectorType(real, width), context.get_value_type(types.intp)
+            size = index(bits // 8)
+            try:  # vectors of TILE_BITS kept whole, not split in two (what clang marks its intrinsics' callers with)
+                set.add(builder.function.attributes, f'"min-legal-vector-width"="{TILE_BITS}"')
+            except TypeError:
+                pass
+            a_row, W_row, c_row = (builder.sdiv(cgutils.unpack_tuple(builder, x.strides)[0], size) for x in arrays)
+            k = cgutils.unpack_tuple(builder, arrays[0].shape)[1]
+            a_data = builder.gep(arrays[0].data, [builder.mul(i, a_row)])
+            W_data = builder.gep(arrays[1].data, [j])
+            c_data = builder.gep(arrays[2].data, [builder.add(builder.mul(i, c_row), j)])
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vector, [vector] * 3), f"llvm.fma.v{width}f{bits}"
+            )
+            zero = ir.Constant(vector, [0.0] * width)
+            sums = [[cgutils.alloca_once_value(builder, zero) for _ in range(vectors)] for _ in range(rows)]
+            a_rows = [builder.gep(a_data, [builder.mul(index(r), a_row)]) for r in range(rows)]
+            undefined, lane0 = ir.Constant(vector, ir.Undefined), ir.IntType(32)(0)
+            splat = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
+
+            def at(pointer, offset):  # the vector at pointer + offset numbers
+                return builder.bitcast(builder.gep(pointer, [index(offset)]), vector.as_pointer())
+
+            with cgutils.for_range(builder, k) as loop:
+                W_k = builder.gep(W_data, [builder.mul(loop.index, W_row)])
+                w = [builder.load(at(W_k, v * width), align=size.constant) for v in range(vectors)]
+                for r in range(rows):
+                    number = builder.load(builder.gep(a_rows[r], [loop.index]))
+                    one = builder.insert_element(undefined, number, lane0)
+                    broadcast = builder.shuffle_vector(one, undefined, splat)
+                    for v in range(vectors):
+                        builder.store(builder.call(fma, [broadcast, w[v], builder.load(sums[r][v])]), sums[r][v])
+            for r in range(rows):
+                c_r = builder.gep(c_data, [builder.mul(index(r), c_row)])
+                for v in range(vectors):
+                    builder.store(builder.load(sums[r][v]), at(c_r, v * width), align=size.constant)
+            return context.get_dummy_value()
+
+        if not (a.dtype == W.dtype == c.dtype and a.dtype in (types.float32, types.float64)):
+            return None
+        return types.void(a, W, c, i, j), codegen
+
+    return tile
+
+
+# the tiles the products use: TILE_ROWS rows or one, 1 to 4 vectors (the last columns)
+_rows_1, _rows_2, _rows_3, _rows_4 = (_tile(TILE_ROWS, v) for v in range(1, 5))
+_row_1, _row_2, _row_3, _row_4 = (_tile(1, v) for v in range(1, 5))
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"}, inline="always")
+def _tiles(a, W, c, i, rows, j, vectors):
+    """The tile at row ``i``, column ``j``, of ``rows`` (``TILE_ROWS`` or 1) by ``vectors`` (1-4)."""
+    if rows == TILE_ROWS:
+        if vectors == 4:
+            _rows_4(a, W, c, i, j)
+        elif vectors == 3:
+            _rows_3(a, W, c, i, j)
+        elif vectors == 2:
+            _rows_2(a, W, c, i, j)
+        else:
+            _rows_1(a, W, c, i, j)
+    elif vectors == 4:
+        _row_4(a, W, c, i, j)
+    elif vectors == 3:
+        _row_3(a, W, c, i, j)
+    elif vectors == 2:
+        _row_2(a, W, c, i, j)
+    else:
+        _row_1(a, W, c, i, j)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+def tiled_product(a, W, c):
+    """``c = a @ W`` for row-major ``a`` ``(M, k)``, ``W`` ``(k, n)``, ``c`` ``(M, n)`` of one
+    dtype (:func:`fits`): tiles of ``TILE_ROWS`` rows (the last rows one at a time) by
+    ``TILE_VECTORS`` vectors (the last vectors fewer), then the columns past the last whole vector
+    one number at a time; every entry summed over ``k`` in the same order, by multiply-adds."""
+    wide_vectors()
+    m, k = a.shape
+    n = W.shape[1]
+    width = TILE_BITS // (8 * a.itemsize)
+    whole = n // width  # vectors of columns
+    full = m - m % TILE_ROWS
+    for i in range(0, full, TILE_ROWS):
+        for v in range(0, whole, TILE_VECTORS):
+            _tiles(a, W, c, i, TILE_ROWS, v * width, min(TILE_VECTORS, whole - v))
+    for i in range(full, m):
+        for v in range(0, whole, TILE_VECTORS):
+            _tiles(a, W, c, i, 1, v * width, min(TILE_VECTORS, whole - v))
+    for i in range(m):
+        for col in range(whole * width, n):
+            s = c.dtype.type(0)
+            for q in range(k):
+                s += a[i, q] * W[q, col]  # contracted: fma(a, w, s), as in the tiles
+            c[i, col] = s
