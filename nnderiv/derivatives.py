@@ -13,6 +13,7 @@ from functools import partial
 import numpy as np
 
 from . import _validation as check
+from . import kernels
 from .combinatorics import MultiIndexTable
 from .errors import ConfigError, OrderError, ShapeError
 from .modes import reverse
@@ -99,7 +100,7 @@ class Derivatives:
 def _plan_full(model, x, *, for_vjp, order=2, view=None, cotangent_orders=None, strategy="auto") -> Plan:
     """Every derivative up to ``order``; the result is ``view(Derivatives)`` (the Derivatives by
     default). Full forward mode, or for orders 1 and 2 the reverse sweeps of
-    :mod:`nnderiv.modes.reverse` when they propagate fewer rows (``strategy``)."""
+    :mod:`nnderiv.modes.reverse` when they cost fewer rows (``strategy``)."""
     order = check.order(order)
     chosen, options = _choose_strategy(model, order, strategy, for_vjp)
     mode = FullMode(model.n_inputs, order, for_vjp=for_vjp)
@@ -124,14 +125,15 @@ def _choose_strategy(model, order: int, strategy, for_vjp: bool) -> tuple[str, t
     names = ("auto", "forward", "reverse")
     if strategy not in names:
         raise ConfigError(f"strategy must be one of {', '.join(map(repr, names))}, got {strategy!r}")
-    options = tuple(reverse.strategies(model.n_inputs, model.n_outputs, order))
+    weight = kernels.reverse_row_cost(model, order)
+    options = tuple(reverse.strategies(model.n_inputs, model.n_outputs, order, weight))
     if strategy == "reverse" and len(options) == 1:
         raise ConfigError(f"the reverse strategy computes orders 1 and 2, not {order}: use strategy='forward'")
     if for_vjp:  # pullbacks exist for the forward rules
         if strategy == "reverse":
             raise ConfigError("vjp needs strategy='forward' (or 'auto'): the reverse sweeps have no pullback")
         return "forward", options
-    return reverse.choose(model.n_inputs, model.n_outputs, order, strategy).name, options
+    return reverse.choose(model.n_inputs, model.n_outputs, order, strategy, weight).name, options
 
 
 def _plan_view(order: int, view: Callable):
@@ -144,8 +146,9 @@ def derivatives(model, x, order: int = 2, *, strategy: str = "auto", chunk_size:
 
     One forward sweep of stacked Taylor coefficients (``C(d + order, order)`` rows): see
     :mod:`nnderiv.modes.full`. ``x`` has shape ``(N, d)``. For orders 1 and 2, ``strategy="auto"``
-    takes a reverse sweep instead when it propagates fewer rows (few outputs, many inputs:
-    :mod:`nnderiv.modes.reverse`); ``"forward"`` or ``"reverse"`` force one, and
+    takes a reverse sweep instead when it costs fewer rows (few outputs, many inputs:
+    :mod:`nnderiv.modes.reverse`; a Hessian's reverse rows weighted by the backend's
+    :func:`~nnderiv.kernels.reverse_row_cost`); ``"forward"`` or ``"reverse"`` force one, and
     :func:`nnderiv.explain` shows the choice. All agree to rounding.
 
     >>> import nnderiv as nd

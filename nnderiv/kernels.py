@@ -40,6 +40,14 @@ def dense_sweep(model, dtype):
     return None if sweep is None else sweep(model, dtype)
 
 
+def reverse_row_cost(model, order: int) -> float:
+    """What one row of a reverse sweep of ``order`` costs on the active backend for ``model``, in
+    rows of its forward sweep (1 where the backend measured none): the strategy's weight in
+    :func:`nnderiv.modes.reverse.choose`."""
+    cost = getattr(backends.active(), "reverse_row_cost", None)
+    return 1.0 if cost is None else float(cost(model, order))
+
+
 def activation_derivatives(activation, z, k: int):
     """``[g(z), g'(z), ..., g^(k)(z)]``, shape ``(k + 1, *z.shape)``, on the backend's arrays."""
     return backends.active().activation_derivatives(activation, z, k)

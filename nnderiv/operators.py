@@ -82,7 +82,8 @@ class Explanation:
         lines = [f"{self.function}: strategy {self.strategy!r}"]
         for option in self.options:
             mark = "*" if option.name == self.strategy else " "
-            lines.append(f"  {mark} {option.name:<10} {option.rows:>6} stacked rows   {option.description}")
+            cost = "" if option.cost == option.rows else f" (cost {option.cost:g})"
+            lines.append(f"  {mark} {option.name:<10} {option.rows:>6} stacked rows   {option.description}{cost}")
         return "\n".join(lines)
 
 
@@ -90,14 +91,15 @@ def explain(fn, model, x, **kwargs) -> Explanation:
     """How ``fn(model, x, **kwargs)`` would be computed, without computing it.
 
     Lists the strategies considered with their cost in stacked coefficient rows (each row is one
-    ``(N, width)`` slab through every matrix product; see ``docs/performance.md``) and marks the
-    one chosen; pass ``strategy=...`` to ``fn`` to override it.
+    ``(N, width)`` slab through every matrix product; see ``docs/performance.md``), a reverse
+    sweep's rows weighted by what one costs on the active backend (``docs/strategies.md``), and
+    marks the one chosen; pass ``strategy=...`` to ``fn`` to override it.
 
     >>> import numpy as np, nnderiv as nd
     >>> print(nd.explain(nd.hessian, nd.MLP([8, 32, 1], seed=0), np.zeros((10, 8))))
     nd.hessian: strategy 'reverse'
         forward        45 stacked rows   full forward mode, every partial to order 2
-      * reverse        18 stacked rows   forward-over-reverse: (1 + d) rows forward, (1 + d) m back
+      * reverse        18 stacked rows   forward-over-reverse: (1 + d) rows forward, (1 + d) m back (cost 27)
     """
     from .derivatives import value
     from .modes.reverse import Strategy

@@ -17,6 +17,7 @@ from oracles import assert_relative_close, sympy_partials
 from strategies import SMOOTH, build_model, networks, random_spec
 
 import nnderiv as nd
+from nnderiv import kernels
 from nnderiv.modes import reverse
 
 
@@ -171,3 +172,36 @@ def test_explain_shows_mixed_partial_strategies_and_every_mode_describes_itself(
         (nd.hvp, {"v": np.ones(3)}, "Hessian-vector"),
     ]:
         assert words in str(nd.explain(fn, model, x, **kwargs))
+
+
+@pytest.mark.parametrize(
+    ("backend", "activation", "d", "expected", "weight"),
+    [
+        ("numba", "tanh", 3, "forward", 1.5),  # the forward series compiled: 10 rows against 8 * 1.5
+        ("numba", "tanh", 4, "forward", 1.5),  # 15 against 15: forward on ties
+        ("numba", "tanh", 5, "reverse", 1.5),  # 21 against 18
+        ("numba", "sin", 3, "reverse", 1.0),  # both layer by layer: rows alone
+        ("numpy", "tanh", 2, "reverse", 0.3),  # 6 against 1.8
+    ],  # fmt: skip
+)
+def test_a_hessians_reverse_rows_are_weighted_by_what_the_backend_measured(backend, activation, d, expected, weight):
+    model = nd.MLP([d, 8, 8, 1], activation=activation, seed=0)
+    x = np.zeros((3, d))
+    with nd.use_backend(backend):
+        assert kernels.reverse_row_cost(model, 2) == weight and kernels.reverse_row_cost(model, 1) == 1.0
+        explained = nd.explain(nd.hessian, model, x)
+        assert explained.strategy == expected
+        costs = {option.name: option.cost for option in explained.options}
+        assert costs == {"forward": (d + 1) * (d + 2) // 2, "reverse": 2 * (d + 1) * weight}
+        assert ("(cost " in str(explained)) == (weight != 1.0)
+        forced = nd.hessian(model, x + 0.1, strategy="forward")
+        np.testing.assert_allclose(nd.hessian(model, x + 0.1), forced, rtol=0, atol=1e-12 * np.abs(forced).max())
+
+
+def test_a_backend_without_a_measured_weight_counts_rows(monkeypatch):
+    from nnderiv.backends import numba_backend
+
+    monkeypatch.delattr(numba_backend, "reverse_row_cost")  # as the cupy backend has none
+    with nd.use_backend("numba"):
+        assert kernels.reverse_row_cost(nd.MLP([3, 8, 1], seed=0), 2) == 1.0
+    assert reverse.choose(3, 1, 2).name == "reverse"  # 10 rows against 8

@@ -637,6 +637,18 @@ def workers() -> int:
     return numba.get_num_threads()
 
 
+#: a row of the forward-over-reverse Hessian against a forward row, where the forward sweep is one
+#: compiled call (a tanh chain): measured 1.4-1.5 on the benchmark's network, d = 2-8, N = 4096
+#: (docs/strategies.md); elsewhere both sweep layer by layer and a row costs a row
+COMPILED_SERIES_REVERSE_ROW_COST = 1.5
+
+
+def reverse_row_cost(model, order: int) -> float:
+    """What a reverse-sweep row costs in forward rows (:func:`nnderiv.kernels.reverse_row_cost`)."""
+    chain = numba_sweeps.dense_chain(model, model.dtype) if order == 2 and COMPILED_SWEEPS else None
+    return COMPILED_SERIES_REVERSE_ROW_COST if chain is not None and numba_sweeps.compiles_series(chain[1]) else 1.0
+
+
 def dense_sweep(model, dtype):
     """The value and Jacobian sweeps of ``model``, one compiled call per worker over all its chunks
     (:mod:`~nnderiv.backends.numba_sweeps`), or ``None`` (the engine's generic sweep, and where

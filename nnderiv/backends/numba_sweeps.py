@@ -467,7 +467,7 @@ class DenseSweep:
         from . import numba_backend
 
         kinds = self.layout[:, 4]
-        if order < 1 or not (kinds == KINDS["tanh"]).any() or (kinds > KINDS["tanh"]).any():
+        if order < 1 or not compiles_series(kinds):
             return None
         n, rows, m = len(x), table.n_coef, self.layout[-1, 2]
         chunk = max(1, min(chunk, n))
@@ -485,10 +485,10 @@ class DenseSweep:
         return out
 
 
-def dense_sweep(model, dtype) -> DenseSweep | None:
-    """The compiled sweeps of ``model`` if it is a chain of Dense layers, each followed by at most
-    one activation of :data:`COMPILED`, in float32 or float64, and NumPy's OpenBLAS can be
-    called; ``None`` otherwise."""
+def dense_chain(model, dtype) -> tuple[list, list] | None:
+    """``([(W, b), ...], kinds)`` if ``model`` is a chain of Dense layers in ``dtype`` (float32 or
+    float64, NumPy arrays), each followed by at most one activation of :data:`COMPILED` (its
+    :data:`KINDS` number, 0 for none), and NumPy's OpenBLAS can be called; ``None`` otherwise."""
     from ..engine import leaf_layers
 
     dtype = np.dtype(dtype)
@@ -507,6 +507,22 @@ def dense_sweep(model, dtype) -> DenseSweep | None:
             kinds[-1] = KINDS[layer.activation.name]
         else:  # an activation first, two in a row, or one nnderiv does not compile
             return None
+    return dense, kinds
+
+
+def compiles_series(kinds) -> bool:
+    """Whether :meth:`DenseSweep.series` takes a chain of these activation kinds: tanh (at least
+    one), no other."""
+    kinds = np.asarray(kinds)
+    return bool((kinds == KINDS["tanh"]).any() and not (kinds > KINDS["tanh"]).any())
+
+
+def dense_sweep(model, dtype) -> DenseSweep | None:
+    """The compiled sweeps of ``model`` if it is a :func:`dense_chain`; ``None`` otherwise."""
+    chain = dense_chain(model, dtype)
+    if chain is None:
+        return None
+    (dense, kinds), dtype, blas = chain, np.dtype(dtype), numpy_blas()
     rows, offset = [], 0
     for (W, b), kind in zip(dense, kinds):
         rows.append((offset, *W.shape, offset + W.size, kind))

@@ -32,6 +32,17 @@ def workers() -> int:
     return 1
 
 
+#: a row of the forward-over-reverse Hessian against a forward row here: the forward series
+#: products run as one array operation per run of terms, the reverse sweep's as a few per layer
+#: (measured 0.25-0.4 on the benchmark's network, d = 2-8, N = 4096: docs/strategies.md)
+REVERSE_ROW_COST = 0.3
+
+
+def reverse_row_cost(model, order: int) -> float:
+    """What a reverse-sweep row costs in forward rows (:func:`nnderiv.kernels.reverse_row_cost`)."""
+    return REVERSE_ROW_COST if order == 2 else 1.0
+
+
 def namespace(array):
     """``numpy``, or ``cupy`` for a CuPy array (already imported then: never imported here)."""
     return sys.modules["cupy"] if is_device_array(array) else np

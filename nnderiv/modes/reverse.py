@@ -26,7 +26,8 @@ while the affine step stays one matrix product on all ``(1 + d) m`` rows. At the
 rows in all. The result is symmetrized, ``(H + H^T) / 2``, which also averages the rounding.
 
 These strategies give values, not pullbacks: :func:`nnderiv.vjp` uses the forward mode, whose
-every rule has its pullback. :func:`choose` compares the row counts (``nnderiv.explain`` shows it).
+every rule has its pullback. :func:`choose` compares their costs: the row counts, a Hessian's
+reverse rows weighted by what the backend measured one to cost (``nnderiv.explain`` shows it).
 """
 
 from __future__ import annotations
@@ -48,30 +49,39 @@ SWEEP_OVERHEAD_ROWS = 0
 
 @dataclass(frozen=True)
 class Strategy:
-    """One way to compute a quantity: a name, its cost in stacked rows, and what it does."""
+    """One way to compute a quantity: a name, its stacked rows, what it does, and its cost in
+    forward rows (``rows`` times what one of its rows costs on the backend; ``None``: ``rows``)."""
 
     name: str
     rows: int
     description: str
+    cost: float | None = None
+
+    def __post_init__(self):
+        if self.cost is None:
+            object.__setattr__(self, "cost", float(self.rows))
 
 
-def strategies(d: int, m: int, order: int) -> list[Strategy]:
-    """The ways to get every derivative up to ``order`` (1 or 2) of ``m`` outputs over ``d`` inputs."""
+def strategies(d: int, m: int, order: int, reverse_row_cost: float = 1.0) -> list[Strategy]:
+    """The ways to get every derivative up to ``order`` (1 or 2) of ``m`` outputs over ``d`` inputs;
+    a row of the forward-over-reverse Hessian costs ``reverse_row_cost`` forward rows
+    (:func:`nnderiv.kernels.reverse_row_cost`: the backend's measured figure)."""
     forward = Strategy("forward", comb(d + order, order), f"full forward mode, every partial to order {order}")
     if order == 1:
         rows = 1 + m + SWEEP_OVERHEAD_ROWS
         return [forward, Strategy("reverse", rows, "value forward, then m adjoint rows back")]
     if order == 2:
         rows = (1 + d) * (1 + m) + SWEEP_OVERHEAD_ROWS
-        return [forward, Strategy("reverse", rows, "forward-over-reverse: (1 + d) rows forward, (1 + d) m back")]
+        description = "forward-over-reverse: (1 + d) rows forward, (1 + d) m back"
+        return [forward, Strategy("reverse", rows, description, rows * reverse_row_cost)]
     return [forward]
 
 
-def choose(d: int, m: int, order: int, strategy: str = "auto") -> Strategy:
-    """The named strategy, or for ``"auto"`` the one with fewest rows (forward on ties)."""
-    options = strategies(d, m, order)
+def choose(d: int, m: int, order: int, strategy: str = "auto", reverse_row_cost: float = 1.0) -> Strategy:
+    """The named strategy, or for ``"auto"`` the cheapest (forward on ties)."""
+    options = strategies(d, m, order, reverse_row_cost)
     if strategy == "auto":
-        return min(options, key=lambda s: s.rows)  # min keeps the first of equals: forward
+        return min(options, key=lambda s: s.cost)  # min keeps the first of equals: forward
     return next(s for s in options if s.name == strategy)
 
 
