@@ -168,3 +168,37 @@ def test_jax_peer_arrays_are_put_on_the_device_asked_for():
     x = ad.asarray(np.ones((3, 2)))
     assert x.devices() == {jax.devices("cpu")[0]} and ad.device == str(jax.devices("cpu")[0])
     assert float(ad.ready(ad.compile(lambda a: a.sum())(x))) == 6.0
+
+
+def _profile_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_kernels.py"
+    spec = importlib.util.spec_from_file_location("profile_kernels", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_kernel_profile_counts_every_kernel_call_and_puts_them_back(capsys):
+    from nnderiv import kernels
+
+    script, before = _profile_script(), {name: getattr(kernels, name) for name in ("affine", "compose_vjp")}
+    previous = nd.get_backend()
+    try:
+        argv = ["--backend", "numpy", "--workloads", "W0", "W6", "--dims", "2", "--points", "64", "--repeats", "1"]
+        assert script.main(argv) == 0
+    finally:
+        nd.set_backend(previous)
+    out = capsys.readouterr().out
+    w0, w6 = out.split("W6 d=2")
+    assert "W0 d=2 N=64 numpy" in w0 and " 4 calls" in w0.split("affine")[1].splitlines()[0]  # one per layer
+    assert "affine_weight_grad" in w6 and "compose_vjp" in w6 and "outside them" in w6
+    assert {name: getattr(kernels, name) for name in before} == before
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed here")
+def test_the_kernel_profile_says_when_the_backend_cannot_run(capsys):
+    assert _profile_script().main(["--backend", "cupy"]) == 2
+    assert "the cupy backend needs CuPy" in capsys.readouterr().err
