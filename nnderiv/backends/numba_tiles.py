@@ -82,13 +82,16 @@ def fits(n_in: int, n_out: int, dtype) -> bool:
     )
 
 
-def _tile(rows: int, vectors: int):
+def _tile(rows: int, n_vectors: int | None):
     """The intrinsic ``tile(a, W, c, i, j)``: ``c[i : i + rows, j : j + vectors * lanes] =
-    a[i : i + rows] @ W[:, j : j + vectors * lanes]`` for row-major 2D arrays of one dtype."""
+    a[i : i + rows] @ W[:, j : j + vectors * lanes]`` for row-major 2D arrays of one dtype, with
+    ``n_vectors`` vectors (``None``: :data:`TILE_VECTORS`, read when the tile compiles, like
+    :data:`TILE_BITS`)."""
 
     @intrinsic
     def tile(typingctx, a, W, c, i, j):
         def codegen(context, builder, signature, args):
+            vectors = TILE_VECTORS if n_vectors is None else n_vectors
             a_type, W_type, c_type = signature.args[:3]
             arrays = [context.make_array(t)(context, builder, v) for t, v in zip(signature.args[:3], args[:3])]
             i, j = (context.cast(builder, v, t, types.intp) for v, t in zip(args[3:], signature.args[3:]))
@@ -140,51 +143,35 @@ def _tile(rows: int, vectors: int):
     return tile
 
 
-# the tiles the products use: TILE_ROWS rows or one, 1 to 4 vectors (the last columns)
-_rows_1, _rows_2, _rows_3, _rows_4 = (_tile(TILE_ROWS, v) for v in range(1, 5))
-_row_1, _row_2, _row_3, _row_4 = (_tile(1, v) for v in range(1, 5))
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"}, inline="always")
-def _tiles(a, W, c, i, rows, j, vectors):
-    """The tile at row ``i``, column ``j``, of ``rows`` (``TILE_ROWS`` or 1) by ``vectors`` (1-4)."""
-    if rows == TILE_ROWS:
-        if vectors == 4:
-            _rows_4(a, W, c, i, j)
-        elif vectors == 3:
-            _rows_3(a, W, c, i, j)
-        elif vectors == 2:
-            _rows_2(a, W, c, i, j)
-        else:
-            _rows_1(a, W, c, i, j)
-    elif vectors == 4:
-        _row_4(a, W, c, i, j)
-    elif vectors == 3:
-        _row_3(a, W, c, i, j)
-    elif vectors == 2:
-        _row_2(a, W, c, i, j)
-    else:
-        _row_1(a, W, c, i, j)
+# the tiles the products use: TILE_ROWS rows or one (the last rows), by TILE_VECTORS vectors or one
+# (the last vectors)
+_block, _block_vector = _tile(TILE_ROWS, None), _tile(TILE_ROWS, 1)
+_row, _row_vector = _tile(1, None), _tile(1, 1)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def tiled_product(a, W, c):
     """``c = a @ W`` for row-major ``a`` ``(M, k)``, ``W`` ``(k, n)``, ``c`` ``(M, n)`` of one
     dtype (:func:`fits`): tiles of ``TILE_ROWS`` rows (the last rows one at a time) by
-    ``TILE_VECTORS`` vectors (the last vectors fewer), then the columns past the last whole vector
-    one number at a time; every entry summed over ``k`` in the same order, by multiply-adds."""
+    ``TILE_VECTORS`` vectors (the last vectors one at a time), then the columns past the last whole
+    vector one number at a time; every entry summed over ``k`` in the same order, by multiply-adds."""
     wide_vectors()
     m, k = a.shape
     n = W.shape[1]
     width = TILE_BITS // (8 * a.itemsize)
     whole = n // width  # vectors of columns
+    grouped = whole - whole % TILE_VECTORS  # ... in whole tiles
     full = m - m % TILE_ROWS
     for i in range(0, full, TILE_ROWS):
-        for v in range(0, whole, TILE_VECTORS):
-            _tiles(a, W, c, i, TILE_ROWS, v * width, min(TILE_VECTORS, whole - v))
+        for v in range(0, grouped, TILE_VECTORS):
+            _block(a, W, c, i, v * width)
+        for v in range(grouped, whole):
+            _block_vector(a, W, c, i, v * width)
     for i in range(full, m):
-        for v in range(0, whole, TILE_VECTORS):
-            _tiles(a, W, c, i, 1, v * width, min(TILE_VECTORS, whole - v))
+        for v in range(0, grouped, TILE_VECTORS):
+            _row(a, W, c, i, v * width)
+        for v in range(grouped, whole):
+            _row_vector(a, W, c, i, v * width)
     for i in range(m):
         for col in range(whole * width, n):
             s = c.dtype.type(0)
