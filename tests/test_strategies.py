@@ -205,3 +205,16 @@ def test_a_backend_without_a_measured_weight_counts_rows(monkeypatch):
     with nd.use_backend("numba"):
         assert kernels.reverse_row_cost(nd.MLP([3, 8, 1], seed=0), 2) == 1.0
     assert reverse.choose(3, 1, 2).name == "reverse"  # 10 rows against 8
+
+
+@pytest.mark.parametrize(
+    ("backend", "d", "expected"), [("numba", 2, "forward"), ("numba", 3, "reverse"), ("numpy", 1, "reverse")]
+)
+def test_the_hvp_weighs_its_reverse_rows_like_the_hessian(backend, d, expected):
+    """numba tanh, d = 2: 6 forward rows against 4 * 1.5; d = 3: 8 against 6; numpy, d = 1: 4 against 4 * 0.3."""
+    model, v = nd.MLP([d, 8, 1], activation="tanh", seed=0), np.linspace(-1.0, 1.0, d)
+    x = np.full((3, d), 0.2)
+    with nd.use_backend(backend):
+        assert nd.explain(nd.hvp, model, x, v=v).strategy == expected
+        want = nd.hvp(model, x, v, strategy="forward")
+        np.testing.assert_allclose(nd.hvp(model, x, v), want, rtol=0, atol=1e-12 * np.abs(want).max())

@@ -9,7 +9,8 @@ products are first-order rows with the ``v`` row. ``2 d + 2`` rows instead of ``
 
 With few outputs, forward-over-reverse (:mod:`nnderiv.modes.reverse`) is cheaper still: the value
 and its derivative along ``v`` forward (2 rows), the gradient and its derivative along ``v`` back
-(``2 m`` rows): ``H v`` without a row per input. ``strategy="auto"`` takes the fewer rows.
+(``2 m`` rows): ``H v`` without a row per input. ``strategy="auto"`` takes the cheaper: the fewer
+rows, the reverse ones weighted as a Hessian's (``docs/strategies.md``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _validation as check
+from .. import kernels
 from ..combinatorics import directional_table, hessian_vector_table
 from ..errors import ConfigError, ShapeError
 from ..operators import Plan, register, run
@@ -41,17 +43,19 @@ def _plan_hvp(model, x, *, for_vjp, v, strategy="auto") -> Plan:
         out_bar[rows] = cot.transpose(2, 0, 1)
         return out_bar
 
+    back_rows = 2 + 2 * m + reverse.SWEEP_OVERHEAD_ROWS  # weighted as the Hessian's (docs/strategies.md)
     options = (
         reverse.Strategy("forward", 2 * d + 2, "Hessian-vector series: 1, t_i, s, t_i s"),
         reverse.Strategy(
-            "reverse", 2 + 2 * m + reverse.SWEEP_OVERHEAD_ROWS, "forward-over-reverse along v: 2 rows, 2 m back"
+            "reverse", back_rows, "forward-over-reverse along v: 2 rows, 2 m back",
+            back_rows * kernels.reverse_row_cost(model, 2),
         ),
-    )
+    )  # fmt: skip
     if strategy not in ("auto", "forward", "reverse"):
         raise ConfigError(f"strategy must be one of 'auto', 'forward', 'reverse', got {strategy!r}")
     if for_vjp and strategy == "reverse":
         raise ConfigError("vjp needs strategy='forward' (or 'auto'): the reverse sweeps have no pullback")
-    chosen = "forward" if for_vjp else (strategy if strategy != "auto" else min(options, key=lambda o: o.rows).name)
+    chosen = "forward" if for_vjp else (strategy if strategy != "auto" else min(options, key=lambda o: o.cost).name)
 
     def by_reverse_sweep(x, chunk_size):
         along_v = SeriesMode(directional_table(1, 1), directions[d:], for_vjp=True)
@@ -70,7 +74,8 @@ def hvp(model, x, v, *, strategy: str = "auto", chunk_size: int | None = None) -
 
     ``v`` has shape ``(d,)`` or, per point, ``(N, d)``; returns ``(N, m, d)`` from ``2 d + 2``
     stacked rows (``strategy="forward"``) or ``2 + 2 m`` (``"reverse"``, forward-over-reverse),
-    whichever is fewer by default; never forming the Hessian.
+    whichever costs less by default (the reverse rows weighted as a Hessian's:
+    :func:`nnderiv.kernels.reverse_row_cost`); never forming the Hessian.
 
     >>> import numpy as np, nnderiv as nd
     >>> model = nd.MLP([3, 16, 2], activation="tanh", seed=0)
