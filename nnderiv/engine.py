@@ -119,7 +119,8 @@ def _checked(footprint: tuple[int, int], n_points: int, chunk_size) -> int:
         raise MemoryLimitError(
             f"the results at all {n_points} points (and the kernels' buffers) alone need about "
             f"{kept / 2**20:.1f} MiB, over the memory "
-            f"limit of {limit / 2**20:.1f} MiB: pass fewer points per call (split x), or raise the limit "
+            f"limit of {limit / 2**20:.1f} MiB: pass fewer points per call (split x), use fewer threads "
+            "(NUMBA_NUM_THREADS: the numba backend's kernels keep buffers per thread), or raise the limit "
             "with nd.set_memory_limit()"
         )
     if chunk_size is None:
@@ -182,6 +183,31 @@ def cache_chunk_size(model, rows: int) -> int:
 #: points per chunk of a sweep that is pulled back at once (OperatorMSE): the sweep's whole
 #: working set, intermediates kept for the pullback included, takes about this many bytes
 PULLBACK_CACHE_BYTES = 8 * 2**20
+
+
+def checked_pullback_chunk_size(model, mode, n_points: int, chunk_size) -> int:
+    """``chunk_size`` for chunks that are each swept forward and pulled back at once, one per
+    worker at a time (:class:`nnderiv.OperatorMSE`): :class:`MemoryLimitError` where the working
+    sets of the chunks that run at once and the kernels' buffers exceed the memory limit (each
+    chunk's own call, inside a worker, sees only itself)."""
+    chunk_size = check.positive_int(chunk_size, "chunk_size")
+    per_point = bytes_per_point(model, mode) + kept_bytes_per_point(model, mode)
+    at_once = concurrent_chunks(n_points, chunk_size)
+    need = per_point * min(chunk_size, max(n_points, 1)) * at_once + _workspace(model, mode)
+    limit = get_memory_limit()
+    if need <= limit:
+        return chunk_size
+    smallest = per_point * concurrent_chunks(n_points, 1) + _workspace(model, mode)
+    fix = (
+        f"use chunk_size <= {pullback_chunk_size(model, mode)}"
+        if smallest <= limit
+        else f"even one point per worker needs {smallest / 2**20:.1f} MiB: use fewer workers (NUMBA_NUM_THREADS)"
+    )
+    raise MemoryLimitError(
+        f"chunk_size={chunk_size} needs about {need / 2**20:.1f} MiB ({at_once} chunks at once, one per worker, "
+        f"and the kernels' buffers), over the memory limit of {limit / 2**20:.1f} MiB; {fix}, or raise the "
+        "limit with nd.set_memory_limit()"
+    )
 
 
 def pullback_chunk_size(model, mode) -> int:

@@ -329,7 +329,9 @@ class OperatorMSE(Loss):
         The mean is over points, so each point's cotangent needs only its own output: the points
         are taken in cache-sized chunks, one per worker at a time (:mod:`nnderiv.parallel`), each
         swept forward and pulled back at once (:func:`nnderiv.engine.pullback_chunk_size`), and the
-        gradients summed in the order of the chunks.
+        gradients summed in the order of the chunks. A ``chunk_size`` given to ``fn`` is that chunk;
+        the chunks that run at once, one per worker, must fit the memory limit together
+        (:func:`nnderiv.engine.checked_pullback_chunk_size` says which size does, if not).
         """
         x = check.points(_batch_array(batch, self.points, self), model)
         target = None if self.target is None else _batch_array(batch, self.target, self)
@@ -380,10 +382,10 @@ class OperatorMSE(Loss):
         per_point_argument = any(np.ndim(value) >= 1 and len(value) == n for value in self.fn_kwargs.values())
         if not per_point_select or per_point_argument:
             return max(n, 1)
-        if self.fn_kwargs.get("chunk_size") is not None:
-            return check.positive_int(self.fn_kwargs["chunk_size"], "chunk_size")
         kwargs = {k: v for k, v in self.fn_kwargs.items() if k != "chunk_size"}
         mode = PLANNERS[self.fn](model, x[:1], for_vjp=True, **kwargs).mode
+        if self.fn_kwargs.get("chunk_size") is not None:  # the chunks that run at once must fit together
+            return engine.checked_pullback_chunk_size(model, mode, n, self.fn_kwargs["chunk_size"])
         return engine.chosen_chunk_size(model, mode.n_rows, n, engine.pullback_chunk_size(model, mode))
 
     def __call__(self, D, batch):

@@ -40,3 +40,16 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 def rng() -> np.random.Generator:
     """A fresh, seeded random generator per test: tests stay reproducible and independent."""
     return np.random.default_rng(20240601)
+
+
+@pytest.fixture
+def at_most_two_threads():
+    """Numba on at most two threads for the test: memory-limit tests whose limits were sized for a
+    2-core machine (the numba kernels keep buffers per thread, so 16 threads need more memory, and
+    the guard says so: ``test_a_chunk_size_too_large_for_the_workers_together_is_refused``)."""
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    yield
+    numba.set_num_threads(before)

@@ -26,6 +26,7 @@ def test_memory_guard_raises_before_allocating_and_names_the_way_out(model):
     assert out.tensor(3).shape == (5000, 2, 3, 3, 3) and set(grads) == set(model.params)
 
 
+@pytest.mark.usefixtures("at_most_two_threads")
 @pytest.mark.parametrize(("fn", "kwargs"), [(nd.laplacian, {}), (nd.pure_derivatives, {"order": 3})])
 def test_the_suggested_chunk_size_keeps_the_traced_peak_under_the_limit(model, fn, kwargs):
     """The chunk_size the guard suggests runs the same request under the same limit, and the traced
@@ -58,6 +59,7 @@ def test_results_over_the_limit_by_themselves_are_refused_whatever_the_chunks(mo
         nd.derivatives(model, x, order=3)  # the forward sweep chunks itself, but its result is 100000 x 40 floats
 
 
+@pytest.mark.usefixtures("at_most_two_threads")
 def test_forward_sweeps_chunk_themselves_to_fit_the_limit(model, monkeypatch):
     from nnderiv import engine
     from nnderiv.modes.full import FullMode
@@ -116,6 +118,7 @@ def test_on_a_gpu_every_point_is_one_chunk_while_it_fits(monkeypatch):
         assert size < n and size * per_point <= 2**26
 
 
+@pytest.mark.usefixtures("at_most_two_threads")
 def test_chunk_size_over_limit_is_refused(model):
     x = np.zeros((50_000, 3))
     with nd.memory_limit(2**25), pytest.raises(nd.MemoryLimitError, match="chunk_size <="):

@@ -462,6 +462,7 @@ def test_operator_mse_target_with_the_wrong_number_of_rows_is_refused_when_chunk
         nd.OperatorMSE(nd.laplacian, "f").value_and_grad(model, {"x": x, "f": np.zeros((150, 1))})
 
 
+@pytest.mark.usefixtures("at_most_two_threads")
 @pytest.mark.parametrize("chunk_size", [None, 50])
 def test_operator_mse_chunked_stays_under_the_memory_limit(chunk_size):
     """A PINN step on many points: each chunk is swept and pulled back at once, nothing is kept
@@ -491,8 +492,36 @@ def test_operator_mse_chunked_stays_under_the_memory_limit(chunk_size):
         np.testing.assert_allclose(got_grads[name], want_grads[name], rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.usefixtures("at_most_two_threads")
 def test_operator_mse_chunk_size_over_the_limit_is_refused():
     model = nd.MLP([8, 32, 32, 1], activation="tanh", seed=0)
     batch = {"x": np.zeros((5000, 8)), "f": np.ones((5000, 1))}
     with nd.memory_limit(16 * 2**20), pytest.raises(nd.MemoryLimitError, match="use chunk_size <="):
         nd.OperatorMSE(nd.laplacian, "f", chunk_size=5000).value_and_grad(model, batch)
+
+
+def test_a_chunk_size_too_large_for_the_workers_together_is_refused(monkeypatch):
+    """Each chunk's own call sees only itself (it runs inside a worker); OperatorMSE weighs the
+    chunks that run at once together: 16 workers of 50 points need 16 times one."""
+    from nnderiv import engine
+
+    model = nd.MLP([8, 32, 32, 1], activation="tanh", seed=0)
+    batch = {"x": np.zeros((40_000, 8)), "f": np.ones((40_000, 1))}
+    loss = nd.OperatorMSE(nd.laplacian, "f", chunk_size=50)
+    with nd.use_backend("numpy"), nd.memory_limit(8 * 2**20):  # no per-thread buffers there
+        value, _ = loss.value_and_grad(model, {k: v[:200] for k, v in batch.items()})  # fits on 1-2 workers
+        monkeypatch.setattr(engine, "workers", lambda: 64)
+        with pytest.raises(nd.MemoryLimitError, match=r"chunk_size=50 needs about .* \(64 chunks at once") as info:
+            loss.value_and_grad(model, batch)
+        suggested = int(str(info.value).split("use chunk_size <= ")[1].split(",")[0])
+        assert suggested == engine.pullback_chunk_size(model, engine_mode(model)) and 1 <= suggested < 50
+        nd.OperatorMSE(nd.laplacian, "f", chunk_size=suggested).value_and_grad(model, batch)
+        monkeypatch.setattr(engine, "workers", lambda: 10_000)
+        with pytest.raises(nd.MemoryLimitError, match="even one point per worker needs"):
+            loss.value_and_grad(model, batch)
+
+
+def engine_mode(model):
+    from nnderiv.operators import PLANNERS
+
+    return PLANNERS[nd.laplacian](model, np.zeros((1, model.n_inputs)), for_vjp=True).mode
