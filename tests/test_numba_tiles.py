@@ -21,6 +21,12 @@ pytestmark = pytest.mark.skipif(numba_tiles.TILE_BITS == 0, reason="no AVX2/FMA 
 DTYPES = [np.float64, np.float32]
 
 
+@pytest.fixture(autouse=True)
+def tiles_on(monkeypatch):
+    """The tiles taken where they fit, whatever ``NNDERIV_TILED_PRODUCTS`` says for this run."""
+    monkeypatch.setattr(numba_tiles, "TILED_PRODUCTS", True)
+
+
 def _bound(a, W):
     """``k * eps * (|a| @ |W|)``: what a sum of ``k`` rounded products may be off by."""
     eps = np.finfo(a.dtype).eps
