@@ -192,12 +192,12 @@ def checked_pullback_chunk_size(model, mode, n_points: int, chunk_size) -> int:
     chunk's own call, inside a worker, sees only itself)."""
     chunk_size = check.positive_int(chunk_size, "chunk_size")
     per_point = bytes_per_point(model, mode) + kept_bytes_per_point(model, mode)
-    at_once = concurrent_chunks(n_points, chunk_size)
-    need = per_point * min(chunk_size, max(n_points, 1)) * at_once + _workspace(model, mode)
+    at_once, workspace = concurrent_chunks(n_points, chunk_size), _workspace(model, mode)
+    need = per_point * min(chunk_size, max(n_points, 1)) * at_once + workspace
     limit = get_memory_limit()
     if need <= limit:
         return chunk_size
-    smallest = per_point * concurrent_chunks(n_points, 1) + _workspace(model, mode)
+    smallest = per_point * concurrent_chunks(n_points, 1) + workspace
     fix = (
         f"use chunk_size <= {pullback_chunk_size(model, mode)}"
         if smallest <= limit

@@ -13,8 +13,10 @@ loads ``TILE_VECTORS`` vectors of ``W``'s row ``k`` and, for each of the tile's 
 ``a[i, k]`` and does ``TILE_VECTORS`` fused multiply-adds. Nothing is packed (the operands are
 read where they are: ``W``'s panel stays in the core's cache, the tile's rows of ``a`` too), and
 nothing but ``c`` is written. With 512-bit vectors (32 registers) a tile is 6 rows by 4 vectors
-(24 sums, 4 rows of ``W``, the broadcast): 110-125 GFLOP/s on one Zen 5 core, 2.1-3.0x
-OpenBLAS's AVX2 kernels on every shape measured up to ``256 x 256`` (1.3x at ``512 x 512``).
+(24 sums, 4 rows of ``W``, the broadcast). Measured on one Zen 4 core (512-bit instructions on
+256-bit units): 56 GFLOP/s, the core's peak, 1.25-1.65x OpenBLAS's SkylakeX kernels on the
+hidden layers' shapes; a prototype on a Zen 5 core reached 110-125 GFLOP/s, 2.1-3.0x OpenBLAS's
+AVX2 kernels up to ``256 x 256`` (``docs/backends.md``, "Products in register tiles").
 
 The sums are ``c_ij = fma(a_ik, w_kj, ...)`` for ``k = 0, 1, ...``, from 0: the order of OpenBLAS's
 kernels where they do not split ``k`` (measured the same bits as its AVX2 kernels for
