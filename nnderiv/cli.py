@@ -1,6 +1,7 @@
 """The ``nnderiv`` command: ``nnderiv demo`` trains the Deep Differential Network examples briefly;
 ``nnderiv check MODEL`` cross-checks a saved model's derivatives against PyTorch or JAX;
-``nnderiv bench`` runs a short version of the speed benchmark (``benchmarks/bench.py`` the full one)."""
+``nnderiv bench`` runs a short version of the speed benchmark (``benchmarks/bench.py`` the full one);
+``nnderiv cache`` shows (``--clear``: deletes) the generated kernels kept on disk."""
 
 from __future__ import annotations
 
@@ -62,6 +63,22 @@ def _bench(args) -> int:
     return run_from_args(args)
 
 
+def _cache(args) -> int:
+    from .backends import numba_codegen
+
+    directory = numba_codegen.cache_directory() / "kernels"
+    if args.clear:
+        removed = numba_codegen.clear_cache()
+        print(f"removed {len(removed)} generated kernel modules from {directory} (they compile again on first use)")
+        return 0
+    modules = numba_codegen.cached_modules(directory)
+    size = sum(module.size for module in modules)
+    limit = numba_codegen.cache_limit()
+    print(f"{directory}: {len(modules)} generated kernel modules, {size / 2**20:.1f} MiB")
+    print(f"limit {limit / 2**20:.0f} MiB (NNDERIV_CACHE_MAX_MB): the least recently used go as new ones come")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="nnderiv", description=__doc__)
     parser.add_argument("--version", action="version", version=f"nnderiv {__version__}")
@@ -100,6 +117,13 @@ def main(argv=None) -> int:
 
     add_arguments(bench, short=True)
     bench.set_defaults(run=_bench)
+    kernel_cache = commands.add_parser(
+        "cache",
+        help="where the generated kernels and their machine code are kept, and how much",
+        description="Generated kernels go to $NNDERIV_CACHE_DIR/kernels (default ~/.cache/nnderiv/kernels).",
+    )
+    kernel_cache.add_argument("--clear", action="store_true", help="delete them all (they compile again on use)")
+    kernel_cache.set_defaults(run=_cache)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -7,13 +7,16 @@ equal bit for bit, in float64 and float32, for every kind of table.
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 
 import numpy as np
 import pytest
 from backend_checks import CODEGEN_TABLES
 
 import nnderiv as nd
+from nnderiv import cli
 from nnderiv.backends import numba_backend, numba_codegen
 from nnderiv.backends import numpy_backend as reference
 from nnderiv.combinatorics import (
@@ -21,6 +24,7 @@ from nnderiv.combinatorics import (
     directional_table,
     multi_index_table,
 )
+from nnderiv.errors import ConfigError
 from nnderiv.kernels import taylor_coefficients
 
 TABLES = CODEGEN_TABLES
@@ -257,3 +261,72 @@ def test_the_backend_runs_taylor_mode_by_direction_from_enough_rows(monkeypatch,
         reference.compose_vjp(out_bar, stack, want[2], want[1], big, 3),
     )
     assert pulled == [1, 1, 1]
+
+
+def _fake_module(directory, name, age_s, size=1000):
+    """A generated module's source and two files of machine code, last used ``age_s`` seconds ago."""
+    paths = [directory / f"{name}.py", directory / "__pycache__" / f"{name}._forward_rows-10.py311.nbi"]
+    paths.append(directory / "__pycache__" / f"{name}._forward_rows-10.py311.1.nbc")
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * size)
+        os.utime(path, (time.time() - age_s,) * 2)
+    return paths
+
+
+def test_the_cache_drops_the_least_recently_used_modules_beyond_its_limit(tmp_path):
+    names = [f"nnderiv_kernel_{i:020d}" for i in range(5)]
+    files = {name: _fake_module(tmp_path, name, age_s=3600 * (i + 1)) for i, name in enumerate(names)}
+    orphan = _fake_module(tmp_path, "nnderiv_kernel_orphan", age_s=10 * 3600)[1:]  # its source gone
+    (tmp_path / "nnderiv_kernel_orphan.py").unlink()
+    (tmp_path / "unrelated.txt").write_text("kept")
+    listed = numba_codegen.cached_modules(tmp_path)
+    assert [module.name for module in listed] == names + ["nnderiv_kernel_orphan"]
+    assert [module.size for module in listed] == [3000] * 5 + [2000]
+    removed = numba_codegen.prune(tmp_path, max_bytes=9000)  # room for three: the three last used
+    assert removed == names[3:] + ["nnderiv_kernel_orphan"]
+    assert all(path.exists() for name in names[:3] for path in files[name])
+    assert not any(path.exists() for name in names[3:] for path in files[name])
+    assert not any(path.exists() for path in orphan) and (tmp_path / "unrelated.txt").exists()
+
+
+def test_the_cache_spares_modules_used_recently_even_over_its_limit(tmp_path):
+    recent = _fake_module(tmp_path, "nnderiv_kernel_recent", age_s=5)
+    old = _fake_module(tmp_path, "nnderiv_kernel_old", age_s=7200)
+    assert numba_codegen.prune(tmp_path, max_bytes=0) == ["nnderiv_kernel_old"]
+    assert all(path.exists() for path in recent) and not any(path.exists() for path in old)
+
+
+def test_writing_a_new_module_prunes_and_using_one_marks_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("NNDERIV_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("NNDERIV_CACHE_MAX_MB", "0.004")  # 4 KiB: room for one old module
+    directory = tmp_path / "kernels"
+    first = _fake_module(directory, "nnderiv_kernel_a", age_s=7200)
+    second = _fake_module(directory, "nnderiv_kernel_b", age_s=9000, size=500)
+    numba_codegen._write("nnderiv_kernel_b", "x" * 500)  # same text: used now, not rewritten
+    assert time.time() - second[0].stat().st_mtime < 60 and first[0].exists()
+    numba_codegen._write("nnderiv_kernel_c", "y = 1\n")  # new: a, last used the longest ago, goes
+    assert not any(path.exists() for path in first) and all(path.exists() for path in second)
+    assert (directory / "nnderiv_kernel_c.py").read_text() == "y = 1\n"
+
+
+def test_the_cache_limit_setting(monkeypatch):
+    monkeypatch.delenv("NNDERIV_CACHE_MAX_MB", raising=False)
+    assert numba_codegen.cache_limit() == numba_codegen.CACHE_MAX_BYTES
+    monkeypatch.setenv("NNDERIV_CACHE_MAX_MB", "2.5")
+    assert numba_codegen.cache_limit() == int(2.5 * 2**20)
+    for bad in ("lots", "-1", "nan"):
+        monkeypatch.setenv("NNDERIV_CACHE_MAX_MB", bad)
+        with pytest.raises(ConfigError, match="NNDERIV_CACHE_MAX_MB"):
+            numba_codegen.cache_limit()
+
+
+def test_the_cache_command_shows_and_clears_the_cache(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NNDERIV_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("NNDERIV_CACHE_MAX_MB", raising=False)
+    files = _fake_module(tmp_path / "kernels", "nnderiv_kernel_a", age_s=1, size=2**20)
+    assert cli.main(["cache"]) == 0
+    assert f"{tmp_path / 'kernels'}: 1 generated kernel modules, 3.0 MiB\nlimit 1024 MiB" in capsys.readouterr().out
+    assert cli.main(["cache", "--clear"]) == 0
+    assert "removed 1 generated kernel modules" in capsys.readouterr().out
+    assert not any(path.exists() for path in files)

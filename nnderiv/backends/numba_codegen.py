@@ -71,6 +71,7 @@ import os
 import sys
 import tempfile
 import threading
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -414,16 +415,108 @@ def _user() -> str:
 
 
 def _write(name: str, source: str) -> Path:
-    """``source`` as ``name.py`` in the cache directory (atomically), or a temporary one if that is not writable."""
+    """``source`` as ``name.py`` in the cache directory (atomically), or a temporary one if that is
+    not writable. A module already there is marked as used (its time stamp); writing a new one
+    prunes the least recently used beyond :func:`cache_limit`."""
     for directory in (cache_directory() / "kernels", Path(tempfile.gettempdir()) / f"nnderiv-kernels-{_user()}"):
         path = directory / f"{name}.py"
         try:
-            if not path.exists() or path.read_text() != source:
-                directory.mkdir(parents=True, exist_ok=True)
-                partial = directory / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
-                partial.write_text(source)
-                os.replace(partial, path)  # a concurrent process writes the same text
-            return path
+            if path.exists() and path.read_text() == source:
+                os.utime(path)
+                return path
+            directory.mkdir(parents=True, exist_ok=True)
+            partial = directory / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+            partial.write_text(source)
+            os.replace(partial, path)  # a concurrent process writes the same text
         except OSError:
             continue
+        prune(directory, cache_limit())
+        return path
     raise OSError("nnderiv: no writable directory for generated kernels; set NNDERIV_CACHE_DIR")
+
+
+#: bytes of generated modules (sources and Numba's machine code) kept in the cache directory;
+#: ``NNDERIV_CACHE_MAX_MB`` overrides. Every release of nnderiv names its kernels anew
+#: (:func:`helpers_fingerprint`), so without a limit the old ones would stay forever.
+CACHE_MAX_BYTES = 1024 * 2**20
+#: a module used within this many seconds is never pruned: another process may be importing it
+CACHE_GRACE_S = 600.0
+
+
+def cache_limit() -> int:
+    """The cache's size limit in bytes: ``NNDERIV_CACHE_MAX_MB`` (MiB) if set, else :data:`CACHE_MAX_BYTES`."""
+    setting = os.environ.get("NNDERIV_CACHE_MAX_MB")
+    if not setting:
+        return CACHE_MAX_BYTES
+    try:
+        megabytes = float(setting)
+    except ValueError:
+        megabytes = -1.0
+    if not megabytes >= 0:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"NNDERIV_CACHE_MAX_MB must be a number of MiB >= 0, got {setting!r}")
+    return int(megabytes * 2**20)
+
+
+@dataclass(frozen=True)
+class CachedModule:
+    """One generated module in the cache: its name, when it was last used, and its files."""
+
+    name: str
+    used: float
+    files: tuple[Path, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(_size(path) for path in self.files)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # deleted meanwhile by another process
+        return 0
+
+
+def cached_modules(directory: Path | None = None) -> list[CachedModule]:
+    """The generated modules in ``directory`` (default: the cache's), most recently used first."""
+    directory = cache_directory() / "kernels" if directory is None else directory
+    compiled = {}
+    for path in (directory / "__pycache__").glob("nnderiv_kernel_*"):
+        compiled.setdefault(path.name.split(".", 1)[0], []).append(path)
+    sources = {path.stem: path for path in directory.glob("nnderiv_kernel_*.py")}
+    modules = []
+    for name in sources.keys() | compiled.keys():  # machine code without its source too
+        files = ((sources[name],) if name in sources else ()) + tuple(compiled.get(name, ()))
+        used = _mtime(sources[name]) if name in sources else max(map(_mtime, files))
+        modules.append(CachedModule(name, used, files))
+    return sorted(modules, key=lambda module: module.used, reverse=True)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def prune(directory: Path, max_bytes: int, grace_s: float = CACHE_GRACE_S) -> list[str]:
+    """Delete the least recently used modules of ``directory`` (with their machine code) until the
+    rest fit in ``max_bytes``, sparing those used within ``grace_s`` seconds; returns their names."""
+    import time
+
+    kept, removed, now = 0, [], time.time()
+    for module in cached_modules(directory):
+        kept += module.size
+        if kept <= max_bytes or now - module.used < grace_s:
+            continue
+        for path in module.files:
+            path.unlink(missing_ok=True)
+        removed.append(module.name)
+    return removed
+
+
+def clear_cache() -> list[str]:
+    """Delete every generated module and its machine code from the cache (they are rebuilt on use)."""
+    return prune(cache_directory() / "kernels", 0, grace_s=0.0)
