@@ -123,6 +123,83 @@ def test_the_compiled_sweeps_plan_tiles_for_the_products_that_fit():
     assert (back[:, 0] > 0).all() == (width > 2) and (back[:, 1:] == 0).all()
 
 
+def _gradient_bound(a, b):
+    """``(B + M / B + 1) eps |a|^T |b|``: a sum of ``M`` rounded products in blocks of ``B``."""
+    m, eps = len(a), np.finfo(a.dtype).eps
+    blocks = -(-m // numba_tiles.GRADIENT_BLOCK_ROWS)
+    terms = min(m, numba_tiles.GRADIENT_BLOCK_ROWS) + blocks + 1
+    return terms * eps * (np.abs(a).astype(np.float64).T @ np.abs(b).astype(np.float64))
+
+
+@settings(deadline=None, max_examples=60)
+@given(
+    m=st.integers(1, 1400),
+    n_in=st.integers(1, 20),
+    vectors=st.integers(1, 6),
+    dtype=st.sampled_from(DTYPES),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_a_tiled_weight_gradient_is_the_sum_over_points_to_rounding(m, n_in, vectors, dtype, seed):
+    """Every tail: ``a``'s columns past the last tile of 4, vectors past the last group, points
+    past the last block of ``GRADIENT_BLOCK_ROWS``; ``c`` overwritten."""
+    rng = np.random.default_rng(seed)
+    n = vectors * numba_tiles.lanes(dtype)
+    a, b = rng.normal(size=(m, n_in)).astype(dtype), rng.normal(size=(m, n)).astype(dtype)
+    c = np.full((n_in, n), np.nan, dtype=dtype)
+    numba_tiles.tiled_weight_grad(a, b, c)
+    exact = a.astype(np.longdouble).T @ b.astype(np.longdouble)
+    assert (np.abs(c - exact) <= _gradient_bound(a, b)).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_weight_gradient_is_summed_in_blocks_as_accurately_as_blas(dtype):
+    """A sum over 40960 points (a chunk's stacked rows): within ``(B + M / B) eps`` of the exact
+    sum, and, measured as a fraction of ``eps |a|^T |b|``, no worse than 2x NumPy's BLAS (one chain
+    of multiply-adds down all the points, ``M eps``, is 10x worse here)."""
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(40960, 64)).astype(dtype), rng.normal(size=(40960, 67)).astype(dtype)
+    got = numba_tiles.weight_grad(a, b)
+    exact = a.astype(np.longdouble).T @ b.astype(np.longdouble)
+    scale = np.finfo(dtype).eps * (np.abs(a).astype(np.float64).T @ np.abs(b).astype(np.float64))
+    assert (np.abs(got - exact) <= _gradient_bound(a, b)).all()
+    assert np.max(np.abs(got - exact) / scale) <= 2 * max(np.max(np.abs(a.T @ b - exact) / scale), 0.25)
+
+
+def test_nan_and_inf_propagate_through_the_weight_gradient():
+    n = numba_tiles.lanes(np.float64) + 3  # the last columns BLAS's
+    a, b = np.ones((3000, 41)), np.ones((3000, n))  # 41: a last column past the tiles of 4
+    a[5, 1], a[2999, 40], b[7, n - 1], b[300, 0] = np.nan, np.inf, -np.inf, -np.inf
+    got = numba_tiles.weight_grad(a, b)
+    with np.errstate(invalid="ignore"):
+        want = a.T @ b
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(got[np.isfinite(want)], want[np.isfinite(want)])
+    assert np.isnan(got[1]).all() and np.isinf(got[40, 1 : n - 1]).all()
+
+
+def test_which_weight_gradients_take_the_tiles():
+    a, b = np.ones((4096, 64)), np.ones((4096, 64))
+    assert numba_tiles.weight_grad(a, b) is not None
+    assert numba_tiles.weight_grad(a[:100, :5], b[:100, :9]) is None  # small: BLAS's
+    assert numba_tiles.weight_grad(a, b[:, :1]) is None  # narrower than a vector
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_numba_backend_weight_gradient_takes_the_tiles_and_agrees_with_the_reference(dtype, monkeypatch):
+    rng = np.random.default_rng(5)
+    stack, z_bar = rng.normal(size=(6, 700, 64)).astype(dtype), rng.normal(size=(6, 700, 37)).astype(dtype)
+    calls, tiled = [], numba_tiles.tiled_weight_grad
+    monkeypatch.setattr(numba_tiles, "tiled_weight_grad", lambda *args: (calls.append(1), tiled(*args)))
+    got = numba_backend.affine_weight_grad(stack, z_bar)
+    assert len(calls) == 1 and got.shape == (64, 37) and got.dtype == dtype
+    want = reference.affine_weight_grad(stack.astype(np.float64), z_bar.astype(np.float64))
+    flat_a, flat_b = stack.reshape(-1, 64), z_bar.reshape(-1, 37)
+    assert (np.abs(got - want) <= _gradient_bound(flat_a, flat_b) + np.finfo(dtype).eps * np.abs(want)).all()
+    strided = numba_backend.affine_weight_grad(stack[:, ::2], z_bar[:, ::2])  # not contiguous: BLAS's
+    assert len(calls) == 1
+    np.testing.assert_allclose(strided, reference.affine_weight_grad(stack[:, ::2], z_bar[:, ::2]), rtol=1e-4)
+
+
 @pytest.mark.parametrize("tiles", [True, False])
 def test_derivatives_agree_with_and_without_tiles(tiles, monkeypatch):
     """The switch changes the products' rounding only: every derivative to a few ulps of the reference."""
@@ -159,6 +236,11 @@ for dtype in (np.float64, np.float32):
         t.tiled_product(a, W, c)
         bound = k * np.finfo(dtype).eps * (np.abs(a).astype(float) @ np.abs(W).astype(float))
         assert (np.abs(c - a.astype(float) @ W.astype(float)) <= bound).all(), (dtype, m, k, n)
+    for m, n_in, n in [(3000, 6, 64), (5000, 9, 37), (1100, 63, 20)]:  # each over GRADIENT_MIN_MULADDS
+        a, b = rng.normal(size=(m, n_in)).astype(dtype), rng.normal(size=(m, n)).astype(dtype)
+        c = t.weight_grad(a, b)
+        bound = (300 + m / 256) * np.finfo(dtype).eps * (np.abs(a).astype(float).T @ np.abs(b).astype(float))
+        assert (np.abs(c - a.astype(float).T @ b.astype(float)) <= bound).all(), (dtype, m, n_in, n)
 print("ok")
 """
     env = {**__import__("os").environ, "NUMBA_CACHE_DIR": str(tmp_path)}

