@@ -333,3 +333,80 @@ def test_generated_modules_change_with_the_helpers_they_compile_in(tmp_path, mon
         monkeypatch.undo()
         numba_codegen.helpers_fingerprint.cache_clear()
     assert numba_codegen.module_source(table, 2) == before
+
+
+def _hessian_spy(monkeypatch) -> list:
+    """Records, per call of ``DenseSweep.hessian``, the workers of its compiled calls."""
+    seen, share = [], numba_sweeps._hessian_share
+
+    def spy(*args):
+        seen.append((args[-2], args[-1]))  # worker, workers
+        return share(*args)
+
+    monkeypatch.setattr(numba_sweeps, "_hessian_share", spy)
+    return seen
+
+
+def _by_reverse_sweep(model, x, chunk_size):
+    """Value, Jacobian and Hessian by forward-over-reverse, as ``nd.hessian(strategy="reverse")``."""
+    from nnderiv.modes import reverse
+
+    result = reverse.evaluate(model, x, 2, chunk_size)
+    return result.value, result.jacobian, result.hessian
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@given(spec=networks(max_depth=3, max_d=4, activations=COMPILED, max_width=9, output_activation=True), data=st.data())
+def test_the_compiled_hessian_equals_the_layer_by_layer_sweep(dtype, spec, data):
+    """Random tanh and sigmoid chains (several outputs, an activation on the output or not), any
+    number of points and chunks: value, Jacobian and Hessian to a few ulps of the generic path
+    (the activation coefficients and the products' blocking may round differently)."""
+    model = build_model(spec, dtype)
+    n = data.draw(st.sampled_from([1, 2, 63, 300]), label="N")
+    chunk_size = data.draw(st.sampled_from([None, 1, 7, 64]), label="chunk_size")
+    x = np.random.default_rng(n).uniform(-2, 2, (n, model.n_inputs)).astype(dtype)
+    with pytest.MonkeyPatch.context() as patch:
+        seen = _hessian_spy(patch)
+        got = _by_reverse_sweep(model, x, chunk_size)
+        assert seen, "the compiled Hessian did not run"
+        patch.setattr(numba_sweeps, "COMPILED_HESSIAN", False)
+        want = _by_reverse_sweep(model, x, chunk_size)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        _close(g, w, dtype)
+
+
+@pytest.mark.parametrize("d", [2, 8])
+def test_benchmark_network_hessian_takes_the_compiled_sweep_on_two_workers(d, monkeypatch):
+    """W2 by forward-over-reverse: one compiled call per worker; against the NumPy reference's
+    Hessian (an independent path, layer by layer) to rounding."""
+    numba = pytest.importorskip("numba")
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs two Numba threads")
+    model = nd.MLP([d, 64, 64, 64, 1], seed=0)
+    x = np.random.default_rng(0).uniform(-1, 1, (4096, d))
+    previous = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        seen = _hessian_spy(monkeypatch)
+        got = nd.hessian(model, x, strategy="reverse")
+        assert sorted(seen) == [(0, 2), (1, 2)]
+    finally:
+        numba.set_num_threads(previous)
+    with nd.use_backend("numpy"):
+        want = nd.hessian(model, x, strategy="reverse")
+    _close(got, want, np.float64)
+    np.testing.assert_array_equal(got, np.swapaxes(got, -1, -2))  # symmetrized
+
+
+def test_the_hessian_of_other_chains_and_the_switch_take_the_layer_by_layer_sweep(monkeypatch):
+    seen = _hessian_spy(monkeypatch)
+    x = np.random.default_rng(1).uniform(-1, 1, (50, 3))
+    nd.hessian(nd.MLP([3, 8, 1], activation="sin", seed=0), x, strategy="reverse")
+    assert seen == []
+    monkeypatch.setattr(numba_sweeps, "COMPILED_HESSIAN", False)
+    nd.hessian(nd.MLP([3, 8, 1], activation="tanh", seed=0), x, strategy="reverse")
+    assert seen == []
+    monkeypatch.setattr(numba_sweeps, "COMPILED_HESSIAN", True)
+    nd.hessian(nd.MLP([3, 8, 1], activation="tanh", seed=0), x, strategy="reverse")
+    assert len(seen) >= 1

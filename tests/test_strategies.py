@@ -177,9 +177,9 @@ def test_explain_shows_mixed_partial_strategies_and_every_mode_describes_itself(
 @pytest.mark.parametrize(
     ("backend", "activation", "d", "expected", "weight"),
     [
-        ("numba", "tanh", 3, "forward", 1.5),  # the forward series compiled: 10 rows against 8 * 1.5
-        ("numba", "tanh", 4, "forward", 1.5),  # 15 against 15: forward on ties
-        ("numba", "tanh", 5, "reverse", 1.5),  # 21 against 18
+        ("numba", "tanh", 2, "forward", 1.2),  # both sweeps compiled: 6 rows against 6 * 1.2
+        ("numba", "tanh", 3, "reverse", 1.2),  # 10 against 8 * 1.2
+        ("numba", "sigmoid", 2, "reverse", 0.8),  # the reverse sweep compiled: 6 against 6 * 0.8
         ("numba", "sin", 3, "reverse", 1.0),  # both layer by layer: rows alone
         ("numpy", "tanh", 2, "reverse", 0.3),  # 6 against 1.8
     ],  # fmt: skip

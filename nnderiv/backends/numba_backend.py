@@ -650,16 +650,27 @@ def workers() -> int:
     return numba.get_num_threads()
 
 
-#: a row of the forward-over-reverse Hessian against a forward row, where the forward sweep is one
-#: compiled call (a tanh chain): measured 1.4-1.5 on the benchmark's network, d = 2-8, N = 4096
-#: (docs/strategies.md); elsewhere both sweep layer by layer and a row costs a row
+#: a row of the forward-over-reverse sweeps against a forward row (docs/strategies.md, measured on
+#: the benchmark's network, N = 4096): where the forward series is one compiled call (a tanh chain)
+#: and the reverse sweep goes layer by layer (``nd.hvp``'s), 1.4-1.5
 COMPILED_SERIES_REVERSE_ROW_COST = 1.5
+#: ... where both are compiled (the Hessian's of a tanh chain, :meth:`DenseSweep.hessian`): 0.86-1.32, d = 2-8
+COMPILED_BOTH_REVERSE_ROW_COST = 1.2
+#: ... where only the reverse sweep is (a sigmoid chain's Hessian): 0.69-0.85
+COMPILED_REVERSE_ROW_COST = 0.8
 
 
-def reverse_row_cost(model, order: int) -> float:
-    """What a reverse-sweep row costs in forward rows (:func:`nnderiv.kernels.reverse_row_cost`)."""
+def reverse_row_cost(model, order: int, along: str = "inputs") -> float:
+    """What a reverse-sweep row costs in forward rows (:func:`nnderiv.kernels.reverse_row_cost`):
+    ``along`` ``"inputs"`` for the Hessian's sweep (every unit tangent: compiled for dense tanh and
+    sigmoid chains), ``"direction"`` for ``nd.hvp``'s (one tangent, layer by layer)."""
     chain = numba_sweeps.dense_chain(model, model.dtype) if order == 2 and COMPILED_SWEEPS else None
-    return COMPILED_SERIES_REVERSE_ROW_COST if chain is not None and numba_sweeps.compiles_series(chain[1]) else 1.0
+    if chain is None:
+        return 1.0
+    series = numba_sweeps.compiles_series(chain[1])
+    if along == "inputs" and numba_sweeps.COMPILED_HESSIAN:
+        return COMPILED_BOTH_REVERSE_ROW_COST if series else COMPILED_REVERSE_ROW_COST
+    return COMPILED_SERIES_REVERSE_ROW_COST if series else 1.0
 
 
 def dense_sweep(model, dtype):

@@ -43,6 +43,9 @@ _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 #: the activations a compiled sweep takes (those with one-pass fills of g and g'; the others, whose
 #: fills would triple the compile time of every sweep, go layer by layer)
 COMPILED = ("tanh", "sigmoid")
+#: the Hessian's forward-over-reverse sweeps in one compiled call per worker (:meth:`DenseSweep.hessian`);
+#: ``False``: layer by layer (an A/B switch)
+COMPILED_HESSIAN = True
 
 
 @dataclass(frozen=True)
@@ -341,6 +344,138 @@ def _jacobian_share(
                 jacobian[k * n * d + s * d : k * n * d + e * d] = own[k * rows : (k + 1) * rows]
 
 
+# --- the Hessian by forward-over-reverse (nnderiv.modes.reverse, order 2) -------------------------
+# A chunk's forward stack is (T, n, width), T = 1 + d: the value row and the tangents z_t = dz/dx_t;
+# each activation keeps g'(z), g''(z)/2 of the value row and the tangent rows of its input. The
+# adjoint stack is (T, m, n, width): h_bar and its tangents for each output.
+
+
+@_jit
+def _activate_tangents(z, b, kind, n, tangents, a1, a2, kept_tangents):
+    """The activation step of a first-order series in place: the value row ``z[:n * width]`` gets
+    ``b`` and becomes ``g``; tangent rows ``t`` become ``g' z_t``; ``a1 = g'``, ``a2 = g''/2`` of
+    the value row and the tangent rows as they came are kept (``kind`` 0: the bias alone)."""
+    wide_vectors()
+    width = len(b)
+    size = n * width
+    for p in range(n):
+        o = p * width
+        if kind == 0:
+            for j in range(width):
+                z[o + j] += b[j]
+        elif kind == 1:
+            for j in range(width):
+                value, slope = tanh_sech2(z[o + j] + b[j])
+                z[o + j], a1[o + j] = value, slope
+                a2[o + j] = -(value * slope)  # the Riccati step: (2 g a_1) (-1/2)
+        else:
+            for j in range(width):
+                sigma, slope, centred, _ = sigmoid_parts(z[o + j] + b[j])
+                z[o + j], a1[o + j] = sigma, slope
+                a2[o + j] = -(centred * slope)
+    if kind != 0:
+        kept_tangents[: (tangents - 1) * size] = z[size : tangents * size]
+        for t in range(1, tangents):
+            row = z[t * size : (t + 1) * size]
+            for i in range(size):
+                row[i] = a1[i] * row[i]
+
+
+@_jit
+def _adjoint_tangents(adjoint, a1, a2, kept_tangents, tangents, m, size):
+    """The activation step of the reverse sweep in place on ``adjoint`` (flat ``(T, m, size)``):
+    ``h_bar_t a_1 + ((2 a_2) z_t) h_bar`` for the tangent rows, then ``h_bar a_1``."""
+    wide_vectors()
+    for k in range(m):
+        first = adjoint[k * size : (k + 1) * size]
+        for t in range(1, tangents):
+            row = adjoint[(t * m + k) * size : (t * m + k + 1) * size]
+            z = kept_tangents[(t - 1) * size : t * size]
+            for i in range(size):
+                row[i] = row[i] * a1[i] + ((2.0 * a2[i]) * z[i]) * first[i]
+        for i in range(size):
+            first[i] = first[i] * a1[i]
+
+
+@_jit
+def _hessian_workspace(layout, chunk):
+    """Elements of one worker's buffers for :func:`_hessian_share`: each of the two sweep buffers
+    (``1 + d`` forward rows, then ``(1 + d) m`` adjoint rows, at most ``max(d, widest)`` wide),
+    ``g'``, ``g''/2`` and the ``d`` tangent rows kept per activation, and one chunk's adjoint."""
+    d, m = layout[0, 1], layout[len(layout) - 1, 2]
+    tangents, widest, kept = 1 + d, d, 0
+    for layer in range(len(layout)):
+        widest = max(widest, layout[layer, 2])
+        kept += (1 + tangents) * layout[layer, 2] if layout[layer, 4] != 0 else 0
+    return chunk * tangents * m * widest, chunk * kept, chunk * tangents * m * d
+
+
+@_jit
+def _hessian_chunk(blas, ints, x, params, transposes, layout, blocks, back_blocks, value, adjoint_out, buffers, kept):
+    """Value (flat ``(n, m)``) and the adjoint stack (flat ``(1 + d, m, n, d)``: ``grad f_k`` and
+    its derivative along each input) of the chain at the ``n`` points ``x``."""
+    n_layers, d = len(layout), layout[0, 1]
+    n, m, tangents = len(x) // d, layout[n_layers - 1, 2], 1 + d
+    h = buffers[1]  # the seed: x, then the unit vectors e_t at every point
+    h[: tangents * n * d] = 0
+    h[: n * d] = x
+    for t in range(d):
+        for p in range(n):
+            h[((1 + t) * n + p) * d + t] = 1.0
+    starts, used = np.empty(n_layers, dtype=np.int64), 0
+    for layer in range(n_layers):
+        W, b = _layer(params, layout, layer, False)
+        width = layout[layer, 2]
+        z = buffers[layer % 2]
+        _product(blas, ints, h, W, z, tangents * n, blocks[layer])
+        size = n * width
+        starts[layer] = used
+        keeps = layout[layer, 4] != 0
+        a1 = kept[used : used + size] if keeps else kept[:0]
+        a2 = kept[used + size : used + 2 * size] if keeps else kept[:0]
+        rows = kept[used + 2 * size : used + (1 + tangents) * size] if keeps else kept[:0]
+        _activate_tangents(z, b, layout[layer, 4], n, tangents, a1, a2, rows)
+        used += (1 + tangents) * size if keeps else 0
+        h = z
+    value[:] = h[: n * m]
+    adjoint = buffers[n_layers % 2][: tangents * m * n * m]  # row 0 of output k seeded with e_k
+    adjoint[:] = 0
+    for k in range(m):
+        for p in range(n):
+            adjoint[(k * n + p) * m + k] = 1.0
+    for layer in range(n_layers - 1, -1, -1):
+        WT, _ = _layer(transposes, layout, layer, True)
+        if layout[layer, 4] != 0:
+            size, o = n * layout[layer, 2], starts[layer]
+            a1, a2 = kept[o : o + size], kept[o + size : o + 2 * size]
+            _adjoint_tangents(adjoint, a1, a2, kept[o + 2 * size : o + (1 + tangents) * size], tangents, m, size)
+        target = adjoint_out if layer == 0 else buffers[layer % 2]  # not the adjoint's, buffers[(layer + 1) % 2]
+        _product(blas, ints, adjoint, WT, target, tangents * m * n, back_blocks[layer])
+        adjoint = target
+
+
+@_jit
+def _hessian_share(
+    blas, ints, x, params, transposes, layout, blocks, value, adjoint, buffers, chunk, worker, n_workers
+):
+    """Worker ``worker``'s chunks of :func:`_hessian_chunk`; ``adjoint`` flat ``(1 + d, m, N, d)``."""
+    d, m = layout[0, 1], layout[len(layout) - 1, 2]
+    n = len(x) // d
+    work = buffers[worker]
+    size, kept, _ = _hessian_workspace(layout, chunk)
+    sweep = work[: 2 * size].reshape((2, size))
+    saved, own = work[2 * size : 2 * size + kept], work[2 * size + kept :]
+    for s in range(worker * chunk, n, n_workers * chunk):
+        e = min(n, s + chunk)
+        last = 1 if e - s < chunk else 0
+        rows = (e - s) * d
+        _hessian_chunk(
+            blas, ints, x[s * d : e * d], params, transposes, layout, blocks[last], blocks[2 + last],
+            value[s * m : e * m], own[: (1 + d) * m * rows], sweep, saved,
+        )  # fmt: skip
+        series_place(own[: (1 + d) * m * rows], adjoint, s, e, (1 + d) * m, d)
+
+
 # --- series modes (nnderiv.modes.series) through a tanh chain --------------------------------------
 # A worker's chunk is a stack (rows, n, width), flat, in one of two buffers: the seed, then per layer
 # one product into the other buffer (every row through W), the bias on the value row, and the
@@ -456,6 +591,25 @@ class DenseSweep:
         sweep, kept, own = _jacobian_workspace(self.layout, chunk)
         self._run(_jacobian_share, args, n, chunk, 2 * sweep + kept + own)
         return value, jacobian
+
+    def hessian(self, x: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(value (N, m), adjoint (1 + d, m, N, d))`` at ``x`` by forward-over-reverse (the layout
+        of :func:`nnderiv.modes.reverse.sweep`: ``adjoint[0, k]`` is ``grad f_k``, ``adjoint[1 + i,
+        k]`` its derivative along ``x_i``), ``chunk`` points at a time on each worker; ``None``
+        where :data:`COMPILED_HESSIAN` is off."""
+        if not COMPILED_HESSIAN:
+            return None
+        n, d, m = len(x), x.shape[1], self.layout[-1, 2]
+        chunk, tangents = max(1, min(chunk, n)), 1 + d
+        value, adjoint = np.empty((n, m), dtype=x.dtype), np.empty((tangents, m, n, d), dtype=x.dtype)
+        forward = self._blocks(tangents * n, tangents * chunk)
+        back = self._blocks(tangents * m * n, tangents * m * chunk, transposed=True)
+        flat = np.ascontiguousarray(x).reshape(-1)
+        blocks = np.concatenate([forward, back])
+        args = (flat, self.params, self._transposes(), self.layout, blocks, value.reshape(-1), adjoint.reshape(-1))
+        sweep, kept, own = _hessian_workspace(self.layout, chunk)
+        self._run(_hessian_share, args, n, chunk, 2 * sweep + kept + own)
+        return value, adjoint
 
     def series(self, table, order: int, directions: np.ndarray, x: np.ndarray, chunk: int) -> np.ndarray | None:
         """The output stack ``(table.n_coef, N, m)`` of the series of ``table`` to ``order`` at
