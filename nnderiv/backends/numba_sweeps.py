@@ -1,4 +1,5 @@
-r"""The value and the reverse-mode Jacobian of a dense chain, every chunk of points in one compiled call.
+r"""The value, the reverse-mode Jacobian, the Hessian by forward-over-reverse and the series modes of
+a dense chain, every chunk of points in one compiled call.
 
 The value and the Jacobian are the cheapest quantities nnderiv computes: one stacked row forward
 (and ``m`` adjoint rows back). There, the generic engine's own cost shows: per layer and chunk, a
@@ -19,7 +20,12 @@ NumPy's BLAS is not an OpenBLAS whose symbols are found, :func:`dense_sweep` ret
 the engine runs its generic sweep.
 
 The rules are those of :mod:`nnderiv.modes.reverse` at order 0: forward ``z = h W + b``,
-``h = g(z)``, keeping ``g'(z)``; back ``z_bar = h_bar g'(z)``, ``h_bar = z_bar W^T``.
+``h = g(z)``, keeping ``g'(z)``; back ``z_bar = h_bar g'(z)``, ``h_bar = z_bar W^T``; and for the
+Hessian (:meth:`DenseSweep.hessian`) the same differentiated along every input: ``1 + d`` rows
+forward, keeping ``g'``, ``g''/2`` and the tangents ``z_t``, then ``z_bar_t = h_bar_t g' +
+(g'' z_t) h_bar`` back on ``(1 + d) m`` rows. The Hessian and the series sweeps agree with the
+layer-by-layer path to a few ulps (their activation steps are other compiled code), the value and
+the Jacobian bit for bit.
 """
 
 from __future__ import annotations
