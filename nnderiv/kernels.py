@@ -40,13 +40,12 @@ def dense_sweep(model, dtype):
     return None if sweep is None else sweep(model, dtype)
 
 
-def reverse_row_cost(model, order: int, along: str = "inputs") -> float:
+def reverse_row_cost(model, order: int) -> float:
     """What one row of a reverse sweep of ``order`` costs on the active backend for ``model``, in
     rows of its forward sweep (1 where the backend measured none): the strategy's weight in
-    :func:`nnderiv.modes.reverse.choose`. ``along``: ``"inputs"``, the Hessian's sweep (the
-    ``d`` unit tangents), or ``"direction"``, ``nd.hvp``'s (one tangent)."""
+    :func:`nnderiv.modes.reverse.choose`."""
     cost = getattr(backends.active(), "reverse_row_cost", None)
-    return 1.0 if cost is None else float(cost(model, order, along))
+    return 1.0 if cost is None else float(cost(model, order))
 
 
 def activation_derivatives(activation, z, k: int):

@@ -650,25 +650,25 @@ def workers() -> int:
     return numba.get_num_threads()
 
 
-#: a row of the forward-over-reverse sweeps against a forward row (docs/strategies.md, measured on
-#: the benchmark's network, N = 4096): where the forward series is one compiled call (a tanh chain)
-#: and the reverse sweep goes layer by layer (``nd.hvp``'s), 1.4-1.5
-COMPILED_SERIES_REVERSE_ROW_COST = 1.5
-#: ... where both are compiled (the Hessian's of a tanh chain, :meth:`DenseSweep.hessian`): 0.86-1.32, d = 2-8
+#: a row of a forward-over-reverse sweep (the Hessian's, ``nd.hvp``'s) against a forward row,
+#: measured on the benchmark's network, N = 4096 (docs/strategies.md): where both sweeps are one
+#: compiled call per worker (a tanh chain: the forward series and
+#: :meth:`~nnderiv.backends.numba_sweeps.DenseSweep.forward_over_reverse`), 0.86-1.32 for the
+#: Hessian at d = 2-8 and 1.02-1.15 for ``nd.hvp`` at d = 1-8
 COMPILED_BOTH_REVERSE_ROW_COST = 1.2
-#: ... where only the reverse sweep is (a sigmoid chain's Hessian): 0.69-0.85
+#: ... where only the reverse sweep is (a sigmoid chain): 0.69-0.92
 COMPILED_REVERSE_ROW_COST = 0.8
+#: ... where only the forward series is (``numba_sweeps.COMPILED_HESSIAN`` off): 1.4-1.5
+COMPILED_SERIES_REVERSE_ROW_COST = 1.5
 
 
-def reverse_row_cost(model, order: int, along: str = "inputs") -> float:
-    """What a reverse-sweep row costs in forward rows (:func:`nnderiv.kernels.reverse_row_cost`):
-    ``along`` ``"inputs"`` for the Hessian's sweep (every unit tangent: compiled for dense tanh and
-    sigmoid chains), ``"direction"`` for ``nd.hvp``'s (one tangent, layer by layer)."""
+def reverse_row_cost(model, order: int) -> float:
+    """What a reverse-sweep row costs in forward rows (:func:`nnderiv.kernels.reverse_row_cost`)."""
     chain = numba_sweeps.dense_chain(model, model.dtype) if order == 2 and COMPILED_SWEEPS else None
     if chain is None:
         return 1.0
     series = numba_sweeps.compiles_series(chain[1])
-    if along == "inputs" and numba_sweeps.COMPILED_HESSIAN:
+    if numba_sweeps.COMPILED_HESSIAN:
         return COMPILED_BOTH_REVERSE_ROW_COST if series else COMPILED_REVERSE_ROW_COST
     return COMPILED_SERIES_REVERSE_ROW_COST if series else 1.0
 

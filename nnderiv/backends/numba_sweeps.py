@@ -21,7 +21,7 @@ the engine runs its generic sweep.
 
 The rules are those of :mod:`nnderiv.modes.reverse` at order 0: forward ``z = h W + b``,
 ``h = g(z)``, keeping ``g'(z)``; back ``z_bar = h_bar g'(z)``, ``h_bar = z_bar W^T``; and for the
-Hessian (:meth:`DenseSweep.hessian`) the same differentiated along every input: ``1 + d`` rows
+Hessian (:meth:`DenseSweep.forward_over_reverse`) the same differentiated along every input: ``1 + d`` rows
 forward, keeping ``g'``, ``g''/2`` and the tangents ``z_t``, then ``z_bar_t = h_bar_t g' +
 (g'' z_t) h_bar`` back on ``(1 + d) m`` rows. The Hessian and the series sweeps agree with the
 layer-by-layer path to a few ulps (their activation steps are other compiled code), the value and
@@ -49,7 +49,7 @@ _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 #: the activations a compiled sweep takes (those with one-pass fills of g and g'; the others, whose
 #: fills would triple the compile time of every sweep, go layer by layer)
 COMPILED = ("tanh", "sigmoid")
-#: the Hessian's forward-over-reverse sweeps in one compiled call per worker (:meth:`DenseSweep.hessian`);
+#: forward-over-reverse (the Hessian, nd.hvp) in one compiled call per worker (:meth:`DenseSweep.forward_over_reverse`);
 #: ``False``: layer by layer (an A/B switch)
 COMPILED_HESSIAN = True
 
@@ -404,12 +404,12 @@ def _adjoint_tangents(adjoint, a1, a2, kept_tangents, tangents, m, size):
 
 
 @_jit
-def _hessian_workspace(layout, chunk):
+def _hessian_workspace(layout, tangents, chunk):
     """Elements of one worker's buffers for :func:`_hessian_share`: each of the two sweep buffers
-    (``1 + d`` forward rows, then ``(1 + d) m`` adjoint rows, at most ``max(d, widest)`` wide),
-    ``g'``, ``g''/2`` and the ``d`` tangent rows kept per activation, and one chunk's adjoint."""
+    (``tangents`` forward rows, then ``tangents * m`` adjoint rows, at most ``max(d, widest)``
+    wide), ``g'``, ``g''/2`` and the tangent rows kept per activation, and one chunk's adjoint."""
     d, m = layout[0, 1], layout[len(layout) - 1, 2]
-    tangents, widest, kept = 1 + d, d, 0
+    widest, kept = d, 0
     for layer in range(len(layout)):
         widest = max(widest, layout[layer, 2])
         kept += (1 + tangents) * layout[layer, 2] if layout[layer, 4] != 0 else 0
@@ -417,17 +417,13 @@ def _hessian_workspace(layout, chunk):
 
 
 @_jit
-def _hessian_chunk(blas, ints, x, params, transposes, layout, blocks, back_blocks, value, adjoint_out, buffers, kept):
-    """Value (flat ``(n, m)``) and the adjoint stack (flat ``(1 + d, m, n, d)``: ``grad f_k`` and
-    its derivative along each input) of the chain at the ``n`` points ``x``."""
-    n_layers, d = len(layout), layout[0, 1]
-    n, m, tangents = len(x) // d, layout[n_layers - 1, 2], 1 + d
-    h = buffers[1]  # the seed: x, then the unit vectors e_t at every point
-    h[: tangents * n * d] = 0
-    h[: n * d] = x
-    for t in range(d):
-        for p in range(n):
-            h[((1 + t) * n + p) * d + t] = 1.0
+def _hessian_chunk(blas, ints, n, tangents, params, transposes, layout, blocks, back_blocks, value, adjoint_out,
+                   buffers, kept):  # fmt: skip
+    """Value (flat ``(n, m)``) and the adjoint stack (flat ``(tangents, m, n, d)``: ``grad f_k``
+    and its derivatives along the series' directions) of the chain at ``n`` points, from the
+    first-order series seeded in ``buffers[1]`` (flat ``(tangents, n, d)``)."""
+    n_layers, m = len(layout), layout[len(layout) - 1, 2]
+    h = buffers[1]
     starts, used = np.empty(n_layers, dtype=np.int64), 0
     for layer in range(n_layers):
         W, b = _layer(params, layout, layer, False)
@@ -462,24 +458,26 @@ def _hessian_chunk(blas, ints, x, params, transposes, layout, blocks, back_block
 
 @_jit
 def _hessian_share(
-    blas, ints, x, params, transposes, layout, blocks, value, adjoint, buffers, chunk, worker, n_workers
+    blas, ints, x, directions, params, transposes, layout, blocks, value, adjoint, buffers, chunk, worker, n_workers
 ):
-    """Worker ``worker``'s chunks of :func:`_hessian_chunk`; ``adjoint`` flat ``(1 + d, m, N, d)``."""
-    d, m = layout[0, 1], layout[len(layout) - 1, 2]
+    """Worker ``worker``'s chunks of :func:`_hessian_chunk`, the series seeded with ``directions``
+    (as :func:`series_seed`); ``adjoint`` flat ``(1 + n_directions, m, N, d)``."""
+    d, m, tangents = layout[0, 1], layout[len(layout) - 1, 2], 1 + directions.shape[0]
     n = len(x) // d
     work = buffers[worker]
-    size, kept, _ = _hessian_workspace(layout, chunk)
+    size, kept, _ = _hessian_workspace(layout, tangents, chunk)
     sweep = work[: 2 * size].reshape((2, size))
     saved, own = work[2 * size : 2 * size + kept], work[2 * size + kept :]
     for s in range(worker * chunk, n, n_workers * chunk):
         e = min(n, s + chunk)
         last = 1 if e - s < chunk else 0
-        rows = (e - s) * d
+        rows = tangents * m * (e - s) * d
+        series_seed(x, directions, s, e, tangents, sweep[1])
         _hessian_chunk(
-            blas, ints, x[s * d : e * d], params, transposes, layout, blocks[last], blocks[2 + last],
-            value[s * m : e * m], own[: (1 + d) * m * rows], sweep, saved,
+            blas, ints, e - s, tangents, params, transposes, layout, blocks[last], blocks[2 + last],
+            value[s * m : e * m], own[:rows], sweep, saved,
         )  # fmt: skip
-        series_place(own[: (1 + d) * m * rows], adjoint, s, e, (1 + d) * m, d)
+        series_place(own[:rows], adjoint, s, e, tangents * m, d)
 
 
 # --- series modes (nnderiv.modes.series) through a tanh chain --------------------------------------
@@ -598,23 +596,26 @@ class DenseSweep:
         self._run(_jacobian_share, args, n, chunk, 2 * sweep + kept + own)
         return value, jacobian
 
-    def hessian(self, x: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """``(value (N, m), adjoint (1 + d, m, N, d))`` at ``x`` by forward-over-reverse (the layout
-        of :func:`nnderiv.modes.reverse.sweep`: ``adjoint[0, k]`` is ``grad f_k``, ``adjoint[1 + i,
-        k]`` its derivative along ``x_i``), ``chunk`` points at a time on each worker; ``None``
-        where :data:`COMPILED_HESSIAN` is off."""
+    def forward_over_reverse(self, x: np.ndarray, directions: np.ndarray, chunk: int):
+        """``(value (N, m), adjoint (1 + R, m, N, d))`` at ``x`` by forward-over-reverse along the
+        ``R`` ``directions`` ``(R, d)`` (shared) or ``(R, N, d)`` (per point): the layout of
+        :func:`nnderiv.modes.reverse.sweep`, ``adjoint[0, k]`` is ``grad f_k``, ``adjoint[1 + r,
+        k]`` its derivative along direction ``r`` (the unit vectors: the Hessian's rows; ``v``:
+        ``nd.hvp``), ``chunk`` points at a time on each worker; ``None`` where
+        :data:`COMPILED_HESSIAN` is off."""
         if not COMPILED_HESSIAN:
             return None
         n, d, m = len(x), x.shape[1], self.layout[-1, 2]
-        chunk, tangents = max(1, min(chunk, n)), 1 + d
+        chunk, tangents = max(1, min(chunk, n)), 1 + len(directions)
         value, adjoint = np.empty((n, m), dtype=x.dtype), np.empty((tangents, m, n, d), dtype=x.dtype)
         forward = self._blocks(tangents * n, tangents * chunk)
         back = self._blocks(tangents * m * n, tangents * m * chunk, transposed=True)
         flat = np.ascontiguousarray(x).reshape(-1)
+        directions = np.ascontiguousarray(directions, dtype=x.dtype).reshape((len(directions), -1, d))
         blocks = np.concatenate([forward, back])
-        args = (flat, self.params, self._transposes(), self.layout, blocks, value.reshape(-1), adjoint.reshape(-1))
-        sweep, kept, own = _hessian_workspace(self.layout, chunk)
-        self._run(_hessian_share, args, n, chunk, 2 * sweep + kept + own)
+        args = (flat, directions, self.params, self._transposes(), self.layout, blocks, value.reshape(-1))
+        sweep, kept, own = _hessian_workspace(self.layout, tangents, chunk)
+        self._run(_hessian_share, (*args, adjoint.reshape(-1)), n, chunk, 2 * sweep + kept + own)
         return value, adjoint
 
     def series(self, table, order: int, directions: np.ndarray, x: np.ndarray, chunk: int) -> np.ndarray | None:

@@ -38,9 +38,8 @@ def workers() -> int:
 REVERSE_ROW_COST = 0.3
 
 
-def reverse_row_cost(model, order: int, along: str = "inputs") -> float:
-    """What a reverse-sweep row costs in forward rows (:func:`nnderiv.kernels.reverse_row_cost`),
-    the Hessian's and ``nd.hvp``'s (``along`` ``"direction"``) alike."""
+def reverse_row_cost(model, order: int) -> float:
+    """What a reverse-sweep row costs in forward rows (:func:`nnderiv.kernels.reverse_row_cost`)."""
     return REVERSE_ROW_COST if order == 2 else 1.0
 
 

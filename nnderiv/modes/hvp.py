@@ -48,7 +48,7 @@ def _plan_hvp(model, x, *, for_vjp, v, strategy="auto") -> Plan:
         reverse.Strategy("forward", 2 * d + 2, "Hessian-vector series: 1, t_i, s, t_i s"),
         reverse.Strategy(
             "reverse", back_rows, "forward-over-reverse along v: 2 rows, 2 m back",
-            back_rows * kernels.reverse_row_cost(model, 2, along="direction"),
+            back_rows * kernels.reverse_row_cost(model, 2),
         ),
     )  # fmt: skip
     if strategy not in ("auto", "forward", "reverse"):
