@@ -84,6 +84,18 @@ def test_gemm_count_sees_the_products_of_the_compiled_sweeps(problem):
         assert numba_backend.COMPILED_SWEEPS is True
 
 
+def test_gemm_time_is_the_threads_cpu_time_not_its_waits(monkeypatch):
+    """A product that waits (for the GIL, say) is not multiplying: only CPU time counts."""
+    import time
+
+    module = backends.load("numpy")
+    waiting = lambda a, b: (time.sleep(0.05), a @ b)[1]  # noqa: E731
+    monkeypatch.setattr(module, "affine", waiting)
+    with bench.counting_gemms("numpy") as tally:
+        module.affine(np.ones((4, 3)), np.ones((3, 2)))
+    assert tally["calls"] == 1 and tally["flops"] == 2 * 12 * 2 and tally["seconds"] < 0.02
+
+
 @pytest.mark.parametrize("key", ["W3", "W6"])
 def test_chunked_run_picks_the_largest_chunk_the_memory_guard_accepts(key):
     limit, n = 2**18, 1024
