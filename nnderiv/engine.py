@@ -181,8 +181,11 @@ def cache_chunk_size(model, rows: int) -> int:
 
 
 #: points per chunk of a sweep that is pulled back at once (OperatorMSE): the sweep's whole
-#: working set, intermediates kept for the pullback included, takes about this many bytes
-PULLBACK_CACHE_BYTES = 8 * 2**20
+#: working set, intermediates kept for the pullback included, takes about this many bytes. Each
+#: chunk's pullback goes layer by layer, a few dozen kernel calls from Python, which the workers
+#: take one at a time (the GIL): on two workers 8 MiB (239 points of W6 at d = 2, 128 at d = 8)
+#: ran 1.55x / 1.17x slower than 32 MiB; on one worker the two measured the same (docs/performance.md)
+PULLBACK_CACHE_BYTES = 32 * 2**20
 
 
 def checked_pullback_chunk_size(model, mode, n_points: int, chunk_size) -> int:
