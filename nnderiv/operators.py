@@ -99,7 +99,7 @@ def explain(fn, model, x, **kwargs) -> Explanation:
     >>> print(nd.explain(nd.hessian, nd.MLP([8, 32, 1], seed=0), np.zeros((10, 8))))
     nd.hessian: strategy 'reverse'
         forward        45 stacked rows   full forward mode, every partial to order 2
-      * reverse        18 stacked rows   forward-over-reverse: (1 + d) rows forward, (1 + d) m back (cost 27)
+      * reverse        18 stacked rows   forward-over-reverse: (1 + d) rows forward, (1 + d) m back (cost 21.6)
     """
     from .derivatives import value
     from .modes.reverse import Strategy
