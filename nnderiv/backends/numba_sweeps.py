@@ -262,6 +262,17 @@ def _value_chunk(blas, ints, x, params, layout, blocks, out, buffers):
 
 
 @_jit
+def _seed_adjoint(adjoint, m, n):
+    """The adjoint rows of a reverse sweep at the output, flat ``(..., m, n, m)``: output ``k``'s
+    first row ``e_k`` at every point, every other row (tangents) 0."""
+    adjoint[:] = 0
+    for k in range(m):
+        for p in range(n):
+            adjoint[(k * n + p) * m + k] = 1.0
+    return adjoint
+
+
+@_jit
 def _jacobian_chunk(blas, ints, x, params, transposes, layout, blocks, back_blocks, value, jacobian, buffers, slopes):
     """Value (flat ``(n, m)``) and Jacobian (flat ``(m, n, d)``: row ``k`` is ``grad f_k``) of the
     chain at the ``n`` points ``x``; ``buffers`` ``(2, >= n * m * widest)``, ``slopes`` room for
@@ -280,12 +291,7 @@ def _jacobian_chunk(blas, ints, x, params, transposes, layout, blocks, back_bloc
         _bias_activation(z, b, layout[layer, 4], slopes[kept : kept + size], n)
         kept += size
         h = z
-    # adjoint rows (m, n, width), output k's row seeded with e_k
-    adjoint = buffers[0][: m * n * m]
-    adjoint[:] = 0
-    for k in range(m):
-        for p in range(n):
-            adjoint[(k * n + p) * m + k] = 1.0
+    adjoint = _seed_adjoint(buffers[0][: m * n * m], m, n)  # rows (m, n, width)
     for layer in range(n_layers - 1, -1, -1):
         WT, _ = _layer(transposes, layout, layer, True)
         if layout[layer, 4] != 0:
@@ -440,11 +446,7 @@ def _hessian_chunk(blas, ints, n, tangents, params, transposes, layout, blocks, 
         used += (1 + tangents) * size if keeps else 0
         h = z
     value[:] = h[: n * m]
-    adjoint = buffers[n_layers % 2][: tangents * m * n * m]  # row 0 of output k seeded with e_k
-    adjoint[:] = 0
-    for k in range(m):
-        for p in range(n):
-            adjoint[(k * n + p) * m + k] = 1.0
+    adjoint = _seed_adjoint(buffers[n_layers % 2][: tangents * m * n * m], m, n)  # rows (tangents, m, n, width)
     for layer in range(n_layers - 1, -1, -1):
         WT, _ = _layer(transposes, layout, layer, True)
         if layout[layer, 4] != 0:
