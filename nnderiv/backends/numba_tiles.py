@@ -23,6 +23,11 @@ kernels where they do not split ``k`` (measured the same bits as its AVX2 kernel
 ``k <= 256``), to rounding elsewhere. Every entry is summed in that order whatever tile, block or
 thread computes it, so a product has the same bits in every sweep and on any number of workers.
 
+A pullback's weight gradient ``h^T z_bar`` (:func:`weight_grad`) has tiles of its own, which run
+down the rows of both operands, 4 of ``h``'s columns by :data:`TILE_VECTORS` vectors of
+``z_bar``'s, the rows in blocks of :data:`GRADIENT_BLOCK_ROWS` summed in two levels (as accurately
+as BLAS's blocked sums; one chain over tens of thousands of points would not be).
+
 The tiles are explicit LLVM vector code (:func:`_tile`), so the vector width is chosen here, from
 the CPU Numba compiles for (:data:`TILE_BITS`); where that is not the host's own CPU with AVX2 and
 FMA, :func:`fits` is false and the products stay BLAS's.
