@@ -335,15 +335,15 @@ def test_generated_modules_change_with_the_helpers_they_compile_in(tmp_path, mon
     assert numba_codegen.module_source(table, 2) == before
 
 
-def _hessian_spy(monkeypatch) -> list:
+def _over_reverse_spy(monkeypatch) -> list:
     """Records the workers of every compiled forward-over-reverse call."""
-    seen, share = [], numba_sweeps._hessian_share
+    seen, share = [], numba_sweeps._over_reverse_share
 
     def spy(*args):
         seen.append((args[-2], args[-1]))  # worker, workers
         return share(*args)
 
-    monkeypatch.setattr(numba_sweeps, "_hessian_share", spy)
+    monkeypatch.setattr(numba_sweeps, "_over_reverse_share", spy)
     return seen
 
 
@@ -366,7 +366,7 @@ def test_the_compiled_hessian_equals_the_layer_by_layer_sweep(dtype, spec, data)
     chunk_size = data.draw(st.sampled_from([None, 1, 7, 64]), label="chunk_size")
     x = np.random.default_rng(n).uniform(-2, 2, (n, model.n_inputs)).astype(dtype)
     with pytest.MonkeyPatch.context() as patch:
-        seen = _hessian_spy(patch)
+        seen = _over_reverse_spy(patch)
         got = _by_reverse_sweep(model, x, chunk_size)
         assert seen, "the compiled Hessian did not run"
         patch.setattr(numba_sweeps, "COMPILED_HESSIAN", False)
@@ -388,7 +388,7 @@ def test_benchmark_network_hessian_takes_the_compiled_sweep_on_two_workers(d, mo
     previous = numba.get_num_threads()
     numba.set_num_threads(2)
     try:
-        seen = _hessian_spy(monkeypatch)
+        seen = _over_reverse_spy(monkeypatch)
         got = nd.hessian(model, x, strategy="reverse")
         assert sorted(seen) == [(0, 2), (1, 2)]
     finally:
@@ -400,7 +400,7 @@ def test_benchmark_network_hessian_takes_the_compiled_sweep_on_two_workers(d, mo
 
 
 def test_the_hessian_of_other_chains_and_the_switch_take_the_layer_by_layer_sweep(monkeypatch):
-    seen = _hessian_spy(monkeypatch)
+    seen = _over_reverse_spy(monkeypatch)
     x = np.random.default_rng(1).uniform(-1, 1, (50, 3))
     nd.hessian(nd.MLP([3, 8, 1], activation="sin", seed=0), x, strategy="reverse")
     assert seen == []
@@ -423,7 +423,7 @@ def test_the_compiled_hvp_equals_the_layer_by_layer_sweep(spec, data):
     x = rng.uniform(-2, 2, (n, model.n_inputs))
     v = rng.standard_normal((n, model.n_inputs) if data.draw(st.booleans(), label="per point") else model.n_inputs)
     with pytest.MonkeyPatch.context() as patch:
-        seen = _hessian_spy(patch)
+        seen = _over_reverse_spy(patch)
         got = nd.hvp(model, x, v, strategy="reverse", chunk_size=chunk_size)
         assert seen, "the compiled sweep did not run"
         patch.setattr(numba_sweeps, "COMPILED_HESSIAN", False)

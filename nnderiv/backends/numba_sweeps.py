@@ -356,10 +356,11 @@ def _jacobian_share(
                 jacobian[k * n * d + s * d : k * n * d + e * d] = own[k * rows : (k + 1) * rows]
 
 
-# --- the Hessian by forward-over-reverse (nnderiv.modes.reverse, order 2) -------------------------
-# A chunk's forward stack is (T, n, width), T = 1 + d: the value row and the tangents z_t = dz/dx_t;
-# each activation keeps g'(z), g''(z)/2 of the value row and the tangent rows of its input. The
-# adjoint stack is (T, m, n, width): h_bar and its tangents for each output.
+# --- forward-over-reverse: the Hessian, nd.hvp (nnderiv.modes.reverse, order 2) -------------------
+# A chunk's forward stack is (T, n, width), T = 1 + R: the value row and its derivatives z_t along
+# R directions (the unit vectors: the Hessian's rows; v: nd.hvp); each activation keeps g'(z),
+# g''(z)/2 of the value row and the tangent rows of its input. The adjoint stack is (T, m, n,
+# width): h_bar and its tangents for each output.
 
 
 @_jit
@@ -410,8 +411,8 @@ def _adjoint_tangents(adjoint, a1, a2, kept_tangents, tangents, m, size):
 
 
 @_jit
-def _hessian_workspace(layout, tangents, chunk):
-    """Elements of one worker's buffers for :func:`_hessian_share`: each of the two sweep buffers
+def _over_reverse_workspace(layout, tangents, chunk):
+    """Elements of one worker's buffers for :func:`_over_reverse_share`: each of the two sweep buffers
     (``tangents`` forward rows, then ``tangents * m`` adjoint rows, at most ``max(d, widest)``
     wide), ``g'``, ``g''/2`` and the tangent rows kept per activation, and one chunk's adjoint."""
     d, m = layout[0, 1], layout[len(layout) - 1, 2]
@@ -423,7 +424,7 @@ def _hessian_workspace(layout, tangents, chunk):
 
 
 @_jit
-def _hessian_chunk(blas, ints, n, tangents, params, transposes, layout, blocks, back_blocks, value, adjoint_out,
+def _over_reverse_chunk(blas, ints, n, tangents, params, transposes, layout, blocks, back_blocks, value, adjoint_out,
                    buffers, kept):  # fmt: skip
     """Value (flat ``(n, m)``) and the adjoint stack (flat ``(tangents, m, n, d)``: ``grad f_k``
     and its derivatives along the series' directions) of the chain at ``n`` points, from the
@@ -459,15 +460,15 @@ def _hessian_chunk(blas, ints, n, tangents, params, transposes, layout, blocks, 
 
 
 @_jit
-def _hessian_share(
+def _over_reverse_share(
     blas, ints, x, directions, params, transposes, layout, blocks, value, adjoint, buffers, chunk, worker, n_workers
 ):
-    """Worker ``worker``'s chunks of :func:`_hessian_chunk`, the series seeded with ``directions``
+    """Worker ``worker``'s chunks of :func:`_over_reverse_chunk`, the series seeded with ``directions``
     (as :func:`series_seed`); ``adjoint`` flat ``(1 + n_directions, m, N, d)``."""
     d, m, tangents = layout[0, 1], layout[len(layout) - 1, 2], 1 + directions.shape[0]
     n = len(x) // d
     work = buffers[worker]
-    size, kept, _ = _hessian_workspace(layout, tangents, chunk)
+    size, kept, _ = _over_reverse_workspace(layout, tangents, chunk)
     sweep = work[: 2 * size].reshape((2, size))
     saved, own = work[2 * size : 2 * size + kept], work[2 * size + kept :]
     for s in range(worker * chunk, n, n_workers * chunk):
@@ -475,7 +476,7 @@ def _hessian_share(
         last = 1 if e - s < chunk else 0
         rows = tangents * m * (e - s) * d
         series_seed(x, directions, s, e, tangents, sweep[1])
-        _hessian_chunk(
+        _over_reverse_chunk(
             blas, ints, e - s, tangents, params, transposes, layout, blocks[last], blocks[2 + last],
             value[s * m : e * m], own[:rows], sweep, saved,
         )  # fmt: skip
@@ -616,8 +617,8 @@ class DenseSweep:
         directions = np.ascontiguousarray(directions, dtype=x.dtype).reshape((len(directions), -1, d))
         blocks = np.concatenate([forward, back])
         args = (flat, directions, self.params, self._transposes(), self.layout, blocks, value.reshape(-1))
-        sweep, kept, own = _hessian_workspace(self.layout, tangents, chunk)
-        self._run(_hessian_share, (*args, adjoint.reshape(-1)), n, chunk, 2 * sweep + kept + own)
+        sweep, kept, own = _over_reverse_workspace(self.layout, tangents, chunk)
+        self._run(_over_reverse_share, (*args, adjoint.reshape(-1)), n, chunk, 2 * sweep + kept + own)
         return value, adjoint
 
     def series(self, table, order: int, directions: np.ndarray, x: np.ndarray, chunk: int) -> np.ndarray | None:
