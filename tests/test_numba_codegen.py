@@ -330,3 +330,18 @@ def test_the_cache_command_shows_and_clears_the_cache(tmp_path, monkeypatch, cap
     assert cli.main(["cache", "--clear"]) == 0
     assert "removed 1 generated kernel modules" in capsys.readouterr().out
     assert not any(path.exists() for path in files)
+
+
+def test_pruning_is_best_effort(tmp_path, monkeypatch):
+    """A file that cannot be deleted stays, and the kernel that was being written is still there."""
+    files = _fake_module(tmp_path, "nnderiv_kernel_locked", age_s=7200)
+    unlink = type(files[0]).unlink
+
+    def refuse(path, missing_ok=False):
+        if path.name.endswith(".nbi"):
+            raise PermissionError(13, "read-only", str(path))
+        unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(type(files[0]), "unlink", refuse)
+    assert numba_codegen.prune(tmp_path, max_bytes=0) == ["nnderiv_kernel_locked"]
+    assert files[1].exists() and not files[0].exists() and not files[2].exists()

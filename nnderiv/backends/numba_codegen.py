@@ -71,6 +71,7 @@ import os
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -503,16 +504,18 @@ def _mtime(path: Path) -> float:
 
 def prune(directory: Path, max_bytes: int, grace_s: float = CACHE_GRACE_S) -> list[str]:
     """Delete the least recently used modules of ``directory`` (with their machine code) until the
-    rest fit in ``max_bytes``, sparing those used within ``grace_s`` seconds; returns their names."""
-    import time
-
+    rest fit in ``max_bytes``, sparing those used within ``grace_s`` seconds; returns their names.
+    Best effort: a file that cannot be deleted (another user's, a read-only directory) stays."""
     kept, removed, now = 0, [], time.time()
     for module in cached_modules(directory):
         kept += module.size
         if kept <= max_bytes or now - module.used < grace_s:
             continue
         for path in module.files:
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                continue
         removed.append(module.name)
     return removed
 
