@@ -64,16 +64,22 @@ def _bench(args) -> int:
 
 
 def _cache(args) -> int:
+    """Show or clear the generated kernels' cache; exit 2 on a bad ``NNDERIV_CACHE_MAX_MB``."""
     from .backends import numba_codegen
+    from .errors import NnderivError
 
     directory = numba_codegen.cache_directory() / "kernels"
     if args.clear:
         removed = numba_codegen.clear_cache()
         print(f"removed {len(removed)} generated kernel modules from {directory} (they compile again on first use)")
         return 0
+    try:
+        limit = numba_codegen.cache_limit()
+    except NnderivError as exc:
+        print(f"nnderiv cache: error: {exc}", file=sys.stderr)
+        return 2
     modules = numba_codegen.cached_modules(directory)
     size = sum(module.size for module in modules)
-    limit = numba_codegen.cache_limit()
     print(f"{directory}: {len(modules)} generated kernel modules, {size / 2**20:.1f} MiB")
     print(f"limit {limit / 2**20:.0f} MiB (NNDERIV_CACHE_MAX_MB): the least recently used go as new ones come")
     return 0

@@ -525,3 +525,22 @@ def engine_mode(model):
     from nnderiv.operators import PLANNERS
 
     return PLANNERS[nd.laplacian](model, np.zeros((1, model.n_inputs)), for_vjp=True).mode
+
+
+def test_the_default_chunks_fill_the_pullback_working_set(monkeypatch):
+    """Each chunk's forward sweep and pullback take about ``engine.PULLBACK_CACHE_BYTES`` (at most
+    that, at least half after the chunks are balanced over the workers), so fewer, larger chunks
+    meet each other's Python steps less often; a smaller setting cuts them smaller."""
+    from nnderiv import engine
+
+    model = nd.MLP([2, 64, 64, 64, 1], activation="tanh", seed=0)
+    x = np.zeros((65_536, 2))
+    mode = engine_mode(model)
+    per_point = engine.bytes_per_point(model, mode) + engine.kept_bytes_per_point(model, mode)
+    loss = nd.OperatorMSE(nd.laplacian, "f")
+    monkeypatch.setattr(engine, "workers", lambda: 2)  # with many, the memory limit cuts first
+    with nd.memory_limit(2**30):
+        chunk = loss._chunk_size(model, x)
+        assert engine.PULLBACK_CACHE_BYTES / 2 <= chunk * per_point <= engine.PULLBACK_CACHE_BYTES
+        monkeypatch.setattr(engine, "PULLBACK_CACHE_BYTES", engine.PULLBACK_CACHE_BYTES // 4)
+        assert loss._chunk_size(model, x) < chunk

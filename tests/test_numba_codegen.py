@@ -330,6 +330,9 @@ def test_the_cache_command_shows_and_clears_the_cache(tmp_path, monkeypatch, cap
     assert cli.main(["cache", "--clear"]) == 0
     assert "removed 1 generated kernel modules" in capsys.readouterr().out
     assert not any(path.exists() for path in files)
+    monkeypatch.setenv("NNDERIV_CACHE_MAX_MB", "lots")
+    assert cli.main(["cache"]) == 2
+    assert "NNDERIV_CACHE_MAX_MB must be a number" in capsys.readouterr().err
 
 
 def test_pruning_is_best_effort(tmp_path, monkeypatch):

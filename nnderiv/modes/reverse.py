@@ -113,11 +113,11 @@ def sweep(model, mode, x: np.ndarray, chunk_size=None) -> tuple[np.ndarray, np.n
     """
     extra_rows = model.n_outputs * mode.n_rows
     size = engine.forward_chunk_size(model, mode, len(x), chunk_size, extra_rows=extra_rows)
-    if mode.n_rows == 1 or mode.order == 1:  # one compiled call where the backend has one for the model
-        compiled = kernels.dense_sweep(model, x.dtype)
-        if compiled is not None and mode.n_rows == 1:
+    compiled = kernels.dense_sweep(model, x.dtype)  # one compiled call where the backend has one for the model
+    if compiled is not None:
+        if mode.n_rows == 1:  # the Jacobian
             return compiled.jacobian(x, size)
-        found = None if compiled is None else compiled.forward_over_reverse(x, mode.directions, size)
+        found = compiled.forward_over_reverse(x, mode.directions, size)  # None where switched off
         if found is not None:
             return found
     parts = engine.chunks(len(x), size)
