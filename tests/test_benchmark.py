@@ -58,6 +58,23 @@ def test_a_wrong_or_failing_peer_is_reported_and_not_timed(problem):
     assert summary["best_peer"] == "right"  # the wrong one never competes
 
 
+def test_the_sweep_stops_a_method_by_its_call_time_not_its_compilation():
+    """A method whose first call compiled for seconds but whose calls are quick runs at the next
+    ``d`` or ``K`` (nnderiv's new kernels, JAX's jit); one whose calls are slow, or that was timed by
+    its first call only, or skipped already, does not."""
+    methods = [
+        {"name": "compiled", "status": "ok", "first_call_ms": 6000.0, "median_ms": 60.0},
+        {"name": "slow calls", "status": "ok", "first_call_ms": 7000.0, "median_ms": 6000.0},
+        {"name": "one call", "status": "slow", "first_call_ms": 30000.0},
+        {"name": "gone", "status": "skipped", "error": "not run above K=4: one call took 9 s"},
+        {"name": "wrong", "status": "mismatch", "first_call_ms": 10.0},
+    ]
+    skip = bench._too_slow_to_grow({"methods": methods}, "K", 5, max_call_s=20.0)
+    assert sorted(skip) == ["gone", "one call", "slow calls"]
+    assert skip["slow calls"] == "not run above K=5: one call took 6 s"
+    assert skip["gone"] == "not run above K=4: one call took 9 s"
+
+
 def test_relative_error_is_scaled_by_the_reference():
     reference = np.array([[1e3, -2e3], [0.0, 5.0]])
     assert bench.relative_error(reference + 2e-7, reference) == pytest.approx(1e-10)
