@@ -8,6 +8,9 @@ infinities give the limits.
 
 from __future__ import annotations
 
+import platform
+import re
+
 import llvmlite.binding
 import mpmath
 import numba
@@ -184,3 +187,19 @@ def test_wide_vectors_marks_the_kernels_and_changes_no_bit():
     # Intel's AVX-512 server parts, where the attribute matters, 512 on AMD's Zen 4 and 5)
     if "+avx512f" in llvmlite.binding.get_host_cpu_features().flatten():
         assert "zmm" in "".join(fresh.inspect_asm().values())
+
+
+@pytest.mark.skipif(
+    platform.machine() not in ("x86_64", "AMD64") or "+avx2" not in llvmlite.binding.get_host_cpu_features().flatten(),
+    reason="checks x86-64 machine code with AVX2",
+)
+def test_the_tanh_fill_runs_in_simd_vectors():
+    """The activation step's loops vectorize: their machine code divides whole vectors (``vdivpd`` on
+    256- or 512-bit registers), not one number at a time. A loop that can raise (Numba's ``python``
+    error model: a branch for division by zero) or calls libm's scalar ``tanh`` would not; measured
+    on a Zen 1 CPU, such a loop runs 2.5x slower."""
+    fresh = numba.njit(cache=False, fastmath=FILL_FASTMATH, error_model="numpy")(fill_low.py_func)
+    z = np.linspace(-3.0, 3.0, 101)
+    fresh(KINDS["tanh"], z, np.empty_like(z), np.empty_like(z), 1)
+    assembly = "".join(fresh.inspect_asm().values())
+    assert re.search(r"vdivpd\s[^\n]*%[yz]mm", assembly), "the tanh fill did not vectorize"
